@@ -1,0 +1,93 @@
+"""One typed settings object: defaults < YAML file (``--config``) < ``DOCKYARD_*`` env < flags."""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("dockyard_config_file", default=None)
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "dockyard"
+
+
+class Settings(BaseSettings):
+    """Every setting dockyard reads. Each is also ``DOCKYARD_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="DOCKYARD_", extra="forbid")
+
+    listen: str = Field("127.0.0.1:5000", description="HOST:PORT to listen on")
+    data_dir: Path = Field(default_factory=default_data_dir, description="where blobs and metadata live")
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the metadata store; default SQLite in data_dir"
+    )
+    delete_enabled: bool = True
+    manifest_max_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    index_requires_children: bool = True
+    upload_ttl_seconds: float = Field(24 * 3600.0, gt=0)
+    upload_purge_interval_seconds: float = Field(300.0, gt=0)
+    max_uploads_per_repository: int = Field(1000, ge=1)
+    max_page_size: int = Field(10_000, ge=1)
+    log_level: str = "info"
+    access_log: bool = False
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError("listen must be HOST:PORT")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def metadata_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'metadata.db'}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _CONFIG_FILE.get()
+        if config_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from the defaults, the YAML file, the environment and explicit overrides."""
+    if config_file is None and os.environ.get("DOCKYARD_CONFIG"):
+        config_file = Path(os.environ["DOCKYARD_CONFIG"])
+    if config_file is not None and not config_file.is_file():
+        raise FileNotFoundError(f"config file {config_file} does not exist")
+    token = _CONFIG_FILE.set(config_file)
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    finally:
+        _CONFIG_FILE.reset(token)

@@ -1,0 +1,1 @@
+"""The HTTP layer: the OCI Distribution protocol over aiohttp."""

@@ -1,0 +1,95 @@
+"""The app factory: builds the adapters the settings name, the core over them, and the routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from dockyard.config import Settings
+from dockyard.http import blobs, discovery, manifests, uploads
+from dockyard.http.common import REGISTRY
+from dockyard.http.errors import API_VERSION_HEADER, error_middleware
+from dockyard.metadata.store import SqlMetadataStore
+from dockyard.registry.service import Policy, Registry
+from dockyard.storage.filesystem import FilesystemBlobStore
+
+log = logging.getLogger("dockyard")
+
+# The /v2/ route table, top to bottom. ``name`` may hold slashes, so the more specific
+# upload routes come before the blob routes.
+NAME = "{name:[^{}]+?}"
+ROUTES: list[tuple[str, str, web.Handler]] = [
+    ("GET", "/v2/", discovery.api_version),
+    ("HEAD", "/v2/", discovery.api_version),
+    ("GET", "/v2/_catalog", discovery.list_repositories),
+    ("GET", f"/v2/{NAME}/tags/list", discovery.list_tags),
+    ("GET", f"/v2/{NAME}/manifests/{{reference}}", manifests.get_manifest),
+    ("HEAD", f"/v2/{NAME}/manifests/{{reference}}", manifests.get_manifest),
+    ("PUT", f"/v2/{NAME}/manifests/{{reference}}", manifests.put_manifest),
+    ("DELETE", f"/v2/{NAME}/manifests/{{reference}}", manifests.delete_manifest),
+    ("POST", f"/v2/{NAME}/blobs/uploads/", uploads.start_upload),
+    ("POST", f"/v2/{NAME}/blobs/uploads", uploads.start_upload),
+    ("GET", f"/v2/{NAME}/blobs/uploads/{{upload_id}}", uploads.upload_status),
+    ("PATCH", f"/v2/{NAME}/blobs/uploads/{{upload_id}}", uploads.append_chunk),
+    ("PUT", f"/v2/{NAME}/blobs/uploads/{{upload_id}}", uploads.commit_upload),
+    ("DELETE", f"/v2/{NAME}/blobs/uploads/{{upload_id}}", uploads.cancel_upload),
+    ("GET", f"/v2/{NAME}/blobs/{{digest}}", blobs.get_blob),
+    ("HEAD", f"/v2/{NAME}/blobs/{{digest}}", blobs.get_blob),
+    ("DELETE", f"/v2/{NAME}/blobs/{{digest}}", blobs.delete_blob),
+    ("GET", f"/v2/{NAME}/referrers/{{digest}}", discovery.list_referrers),
+]
+
+
+def policy_from(settings: Settings) -> Policy:
+    return Policy(
+        delete_enabled=settings.delete_enabled,
+        manifest_max_bytes=settings.manifest_max_bytes,
+        index_requires_children=settings.index_requires_children,
+        upload_ttl_seconds=settings.upload_ttl_seconds,
+        max_uploads_per_repository=settings.max_uploads_per_repository,
+        max_page_size=settings.max_page_size,
+    )
+
+
+async def _purge_loop(core: Registry, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            purged = await core.purge_stale_uploads()
+            if purged:
+                log.info("purged %d stale upload session(s)", purged)
+        except Exception:
+            log.exception("purging stale upload sessions failed")
+
+
+def create_app(settings: Settings) -> web.Application:
+    """A dockyard application for ``settings``; nothing global, so tests can build many."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.manifest_max_bytes)
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    meta = SqlMetadataStore(settings.metadata_url)
+    core = Registry(FilesystemBlobStore(settings.data_dir), meta, policy_from(settings))
+    app[REGISTRY] = core
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await meta.open()
+        purger = asyncio.create_task(_purge_loop(core, settings.upload_purge_interval_seconds))
+        yield
+        purger.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await purger
+        await meta.close()
+
+    app.cleanup_ctx.append(lifecycle)
+
+    async def add_version_header(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers.update(API_VERSION_HEADER)
+
+    app.on_response_prepare.append(add_version_header)
+    return app

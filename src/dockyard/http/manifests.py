@@ -1,0 +1,74 @@
+"""Manifests: GET/HEAD by tag or digest, PUT (with ``?tag=``), DELETE (spec: "Manifests")."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from dockyard.http.common import registry, repository
+from dockyard.registry import errors
+from dockyard.registry.names import Reference
+
+
+def _reference(request: web.Request) -> Reference:
+    return Reference.parse(request.match_info["reference"])
+
+
+async def get_manifest(request: web.Request) -> web.Response:
+    name = repository(request)
+    reference = _reference(request)
+    core = registry(request)
+    if request.method == "HEAD":
+        record = await core.manifest_record(name, reference)
+        body = None
+    else:
+        record, body = await core.get_manifest(name, reference)
+    headers = {
+        "Content-Type": record.media_type,
+        "Docker-Content-Digest": str(record.digest),
+        "Content-Length": str(record.size),
+        "ETag": f'"{record.digest}"',
+    }
+    return web.Response(status=200, body=body, headers=headers)
+
+
+async def _read_manifest_body(request: web.Request, limit: int) -> bytes:
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise errors.RegistryError(errors.MANIFEST_TOO_LARGE, detail={"limit": limit})
+    chunks: list[bytes] = []
+    size = 0
+    async for data in request.content.iter_chunked(1 << 16):
+        size += len(data)
+        if size > limit:
+            raise errors.RegistryError(errors.MANIFEST_TOO_LARGE, detail={"limit": limit})
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+async def put_manifest(request: web.Request) -> web.Response:
+    name = repository(request)
+    reference = _reference(request)
+    core = registry(request)
+    body = await _read_manifest_body(request, core.policy.manifest_max_bytes)
+    pushed = await core.put_manifest(
+        name, reference, body, request.headers.get("Content-Type"), request.query.getall("tag", [])
+    )
+    response = web.Response(
+        status=201,
+        headers={
+            "Location": f"/v2/{name}/manifests/{pushed.digest}",
+            "Docker-Content-Digest": str(pushed.digest),
+            "Content-Length": "0",
+        },
+    )
+    if pushed.subject is not None:
+        response.headers["OCI-Subject"] = str(pushed.subject)
+    if reference.digest is not None:
+        for tag in pushed.tags:
+            response.headers.add("OCI-Tag", tag)
+    return response
+
+
+async def delete_manifest(request: web.Request) -> web.Response:
+    await registry(request).delete_manifest(repository(request), _reference(request))
+    return web.Response(status=202, headers={"Content-Length": "0"})

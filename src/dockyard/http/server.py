@@ -1,0 +1,109 @@
+"""Running the app: one process, or N worker processes sharing one listening socket."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+from aiohttp import web
+
+from dockyard.config import Settings
+from dockyard.http.app import create_app
+
+log = logging.getLogger("dockyard")
+
+
+def bind_socket(settings: Settings) -> socket.socket:
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def _serve(settings: Settings, sock: socket.socket) -> None:
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app,
+        access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
+        handle_signals=False,
+    )
+    await runner.setup()
+    site = web.SockSite(runner, sock)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def _run_worker(settings: Settings, sock: socket.socket) -> None:
+    asyncio.run(_serve(settings, sock))
+
+
+def serve(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT. Workers that die are replaced; the socket stays open."""
+    sock = bind_socket(settings)
+    log.info(
+        "dockyard listening on http://%s:%d/ (data: %s, workers: %d)",
+        settings.host, sock.getsockname()[1], settings.data_dir, settings.workers,
+    )
+    if settings.workers == 1:
+        _run_worker(settings, sock)
+        return
+    children: dict[int, int] = {}  # pid -> worker index
+    stopping = False
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 0
+            try:
+                _run_worker(settings, sock)
+            except BaseException:
+                log.exception("worker %d failed", index)
+                code = 1
+            finally:
+                os._exit(code)
+        children[pid] = index
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for i in range(settings.workers):
+        spawn(i)
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        index = children.pop(pid, None)
+        if index is not None and not stopping:
+            log.warning("worker %d (pid %d) exited with status %d; restarting it", index, pid, status)
+            time.sleep(0.2)
+            spawn(index)
+    sock.close()
+    sys.stdout.flush()

@@ -1,0 +1,1 @@
+"""Adapters of the facts port (``dockyard.registry.ports.MetadataStore``)."""

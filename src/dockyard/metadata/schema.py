@@ -1,0 +1,102 @@
+"""The one schema, in SQLAlchemy Core, for SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Index,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+# Names and tags compare byte-wise ("ASCIIbetical", spec: "Listing Tags"): the "C" collation on
+# PostgreSQL, SQLite's default BINARY collation.
+NAME = String(255).with_variant(String(255, collation="C"), "postgresql")
+TAG = String(128).with_variant(String(128, collation="C"), "postgresql")
+DIGEST = String(200)
+
+repositories = Table(
+    "repositories",
+    metadata,
+    Column("name", NAME, primary_key=True),
+    Column("created_at", Float, nullable=False),
+)
+
+# Every blob the registry has bytes for, once, by digest.
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("digest", DIGEST, primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+# Which blobs each repository may see (ARCHITECTURE.md invariant 1: a mount adds a link).
+repository_blobs = Table(
+    "repository_blobs",
+    metadata,
+    Column("repository", NAME, nullable=False),
+    Column("digest", DIGEST, nullable=False),
+    Column("created_at", Float, nullable=False),
+    PrimaryKeyConstraint("repository", "digest"),
+    Index("ix_repository_blobs_digest", "digest"),
+)
+
+manifests = Table(
+    "manifests",
+    metadata,
+    Column("repository", NAME, nullable=False),
+    Column("digest", DIGEST, nullable=False),
+    Column("media_type", String(255), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("artifact_type", String(255)),
+    Column("subject", DIGEST),
+    Column("annotations", Text),
+    Column("created_at", Float, nullable=False),
+    PrimaryKeyConstraint("repository", "digest"),
+    Index("ix_manifests_subject", "repository", "subject"),
+)
+
+# What each manifest references: config and layers ("blob"), index children ("manifest").
+manifest_refs = Table(
+    "manifest_refs",
+    metadata,
+    Column("repository", NAME, nullable=False),
+    Column("manifest", DIGEST, nullable=False),
+    Column("digest", DIGEST, nullable=False),
+    Column("kind", String(16), nullable=False),
+    PrimaryKeyConstraint("repository", "manifest", "digest", "kind"),
+    Index("ix_manifest_refs_digest", "digest"),
+)
+
+tags = Table(
+    "tags",
+    metadata,
+    Column("repository", NAME, nullable=False),
+    Column("name", TAG, nullable=False),
+    Column("digest", DIGEST, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    PrimaryKeyConstraint("repository", "name"),
+    Index("ix_tags_digest", "repository", "digest"),
+)
+
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("repository", NAME, nullable=False),
+    Column("staged_bytes", BigInteger, nullable=False),
+    Column("algorithm", String(32), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("backend_state", Text, nullable=False),
+    Index("ix_uploads_repository", "repository"),
+    Index("ix_uploads_updated_at", "updated_at"),
+)

@@ -1,0 +1,370 @@
+"""The facts port's one SQL implementation (SQLAlchemy Core, async): SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Row, and_, delete, event, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from dockyard.metadata import schema as s
+from dockyard.registry.digests import Digest
+from dockyard.registry.ports import ManifestRecord, ManifestRef, UploadSession
+
+
+def _record(row: Row[Any]) -> ManifestRecord:
+    return ManifestRecord(
+        digest=Digest.parse(row.digest),
+        media_type=row.media_type,
+        size=row.size,
+        artifact_type=row.artifact_type,
+        subject=Digest.parse(row.subject) if row.subject else None,
+        annotations=json.loads(row.annotations) if row.annotations else None,
+    )
+
+
+def _session(row: Row[Any]) -> UploadSession:
+    return UploadSession(
+        id=row.id,
+        repository=row.repository,
+        offset=row.staged_bytes,
+        algorithm=row.algorithm,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        backend_state=json.loads(row.backend_state),
+    )
+
+
+class SqlMetadataStore:
+    """Metadata in SQL. SQLite runs write transactions as ``BEGIN IMMEDIATE`` (WAL mode), so
+    concurrent workers queue for the write lock instead of failing on upgrade."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._is_sqlite = url.startswith("sqlite")
+        self._read: AsyncEngine
+        self._write: AsyncEngine
+        self._lock_dir: Path | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._is_sqlite:
+            path = Path(self.url.split(":///", 1)[1])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_dir = path.parent / "locks"
+            self._lock_dir.mkdir(exist_ok=True)
+            self._read = self._sqlite_engine(immediate=False)
+            self._write = self._sqlite_engine(immediate=True)
+        else:
+            self._read = self._write = create_async_engine(self.url, pool_pre_ping=True)
+        async with self._write.begin() as conn:
+            await conn.run_sync(s.metadata.create_all)
+
+    def _sqlite_engine(self, immediate: bool) -> AsyncEngine:
+        engine = create_async_engine(self.url, connect_args={"timeout": 60})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+
+    async def close(self) -> None:
+        await self._read.dispose()
+        if self._write is not self._read:
+            await self._write.dispose()
+
+    def _insert(self, table: Any) -> Any:
+        return (sqlite.insert if self._is_sqlite else postgresql.insert)(table)
+
+    async def _ensure_repository(self, conn: AsyncConnection, repository: str) -> None:
+        await conn.execute(
+            self._insert(s.repositories)
+            .values(name=repository, created_at=time.time())
+            .on_conflict_do_nothing()
+        )
+
+    # -- repositories and blobs ---------------------------------------------------------------------
+
+    async def repository_exists(self, repository: str) -> bool:
+        async with self._read.connect() as conn:
+            row = await conn.execute(select(s.repositories.c.name).where(s.repositories.c.name == repository))
+            return row.first() is not None
+
+    async def list_repositories(self, limit: int, last: str | None) -> list[str]:
+        q = select(s.repositories.c.name).order_by(s.repositories.c.name).limit(limit)
+        if last:
+            q = q.where(s.repositories.c.name > last)
+        async with self._read.connect() as conn:
+            return list((await conn.execute(q)).scalars())
+
+    async def linked_blob_size(self, repository: str, digest: Digest) -> int | None:
+        q = (
+            select(s.blobs.c.size)
+            .join(s.repository_blobs, s.repository_blobs.c.digest == s.blobs.c.digest)
+            .where(s.repository_blobs.c.repository == repository, s.blobs.c.digest == str(digest))
+        )
+        async with self._read.connect() as conn:
+            return (await conn.execute(q)).scalar()
+
+    async def blob_size(self, digest: Digest) -> int | None:
+        q = (
+            select(s.blobs.c.size)
+            .join(s.repository_blobs, s.repository_blobs.c.digest == s.blobs.c.digest)
+            .where(s.blobs.c.digest == str(digest))
+            .limit(1)
+        )
+        async with self._read.connect() as conn:
+            return (await conn.execute(q)).scalar()
+
+    async def link_blob(self, repository: str, digest: Digest, size: int) -> None:
+        now = time.time()
+        async with self._write.begin() as conn:
+            await self._ensure_repository(conn, repository)
+            await conn.execute(
+                self._insert(s.blobs)
+                .values(digest=str(digest), size=size, created_at=now)
+                .on_conflict_do_nothing()
+            )
+            await conn.execute(
+                self._insert(s.repository_blobs)
+                .values(repository=repository, digest=str(digest), created_at=now)
+                .on_conflict_do_nothing()
+            )
+
+    async def unlink_blob(self, repository: str, digest: Digest) -> bool:
+        async with self._write.begin() as conn:
+            result = await conn.execute(
+                delete(s.repository_blobs).where(
+                    s.repository_blobs.c.repository == repository,
+                    s.repository_blobs.c.digest == str(digest),
+                )
+            )
+            return bool(result.rowcount)
+
+    async def missing_blobs(self, repository: str, digests: Sequence[Digest]) -> list[Digest]:
+        wanted = {str(d) for d in digests}
+        if not wanted:
+            return []
+        q = select(s.repository_blobs.c.digest).where(
+            s.repository_blobs.c.repository == repository, s.repository_blobs.c.digest.in_(wanted)
+        )
+        async with self._read.connect() as conn:
+            found = set((await conn.execute(q)).scalars())
+        return [d for d in digests if str(d) not in found]
+
+    async def missing_manifests(self, repository: str, digests: Sequence[Digest]) -> list[Digest]:
+        wanted = {str(d) for d in digests}
+        if not wanted:
+            return []
+        q = select(s.manifests.c.digest).where(
+            s.manifests.c.repository == repository, s.manifests.c.digest.in_(wanted)
+        )
+        async with self._read.connect() as conn:
+            found = set((await conn.execute(q)).scalars())
+        return [d for d in digests if str(d) not in found]
+
+    # -- manifests and tags -----------------------------------------------------------------------
+
+    async def put_manifest(
+        self,
+        repository: str,
+        record: ManifestRecord,
+        refs: Sequence[ManifestRef],
+        tags: Sequence[str],
+    ) -> None:
+        now = time.time()
+        digest = str(record.digest)
+        async with self._write.begin() as conn:
+            await self._ensure_repository(conn, repository)
+            await conn.execute(
+                self._insert(s.manifests)
+                .values(
+                    repository=repository,
+                    digest=digest,
+                    media_type=record.media_type,
+                    size=record.size,
+                    artifact_type=record.artifact_type,
+                    subject=str(record.subject) if record.subject else None,
+                    annotations=json.dumps(record.annotations) if record.annotations else None,
+                    created_at=now,
+                )
+                .on_conflict_do_nothing()
+            )
+            if refs:
+                await conn.execute(
+                    self._insert(s.manifest_refs).on_conflict_do_nothing(),
+                    [
+                        {"repository": repository, "manifest": digest, "digest": str(r.digest), "kind": r.kind}
+                        for r in refs
+                    ],
+                )
+            for tag in tags:
+                stmt = self._insert(s.tags).values(
+                    repository=repository, name=tag, digest=digest, updated_at=now
+                )
+                await conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=[s.tags.c.repository, s.tags.c.name],
+                        set_={"digest": digest, "updated_at": now},
+                    )
+                )
+
+    async def get_manifest(self, repository: str, digest: Digest) -> ManifestRecord | None:
+        q = select(s.manifests).where(
+            s.manifests.c.repository == repository, s.manifests.c.digest == str(digest)
+        )
+        async with self._read.connect() as conn:
+            row = (await conn.execute(q)).first()
+        return _record(row) if row else None
+
+    async def resolve_tag(self, repository: str, tag: str) -> ManifestRecord | None:
+        q = select(s.manifests).join(
+            s.tags,
+            and_(s.tags.c.repository == s.manifests.c.repository, s.tags.c.digest == s.manifests.c.digest),
+        ).where(s.tags.c.repository == repository, s.tags.c.name == tag)
+        async with self._read.connect() as conn:
+            row = (await conn.execute(q)).first()
+        return _record(row) if row else None
+
+    async def delete_manifest(self, repository: str, digest: Digest) -> bool:
+        async with self._write.begin() as conn:
+            result = await conn.execute(
+                delete(s.manifests).where(
+                    s.manifests.c.repository == repository, s.manifests.c.digest == str(digest)
+                )
+            )
+            if not result.rowcount:
+                return False
+            await conn.execute(
+                delete(s.tags).where(s.tags.c.repository == repository, s.tags.c.digest == str(digest))
+            )
+            await conn.execute(
+                delete(s.manifest_refs).where(
+                    s.manifest_refs.c.repository == repository, s.manifest_refs.c.manifest == str(digest)
+                )
+            )
+            return True
+
+    async def delete_tag(self, repository: str, tag: str) -> bool:
+        async with self._write.begin() as conn:
+            result = await conn.execute(
+                delete(s.tags).where(s.tags.c.repository == repository, s.tags.c.name == tag)
+            )
+            return bool(result.rowcount)
+
+    async def list_tags(self, repository: str, limit: int, last: str | None) -> list[str]:
+        q = (
+            select(s.tags.c.name)
+            .where(s.tags.c.repository == repository)
+            .order_by(s.tags.c.name)
+            .limit(limit)
+        )
+        if last:
+            q = q.where(s.tags.c.name > last)
+        async with self._read.connect() as conn:
+            return list((await conn.execute(q)).scalars())
+
+    async def list_referrers(
+        self, repository: str, subject: Digest, artifact_type: str | None
+    ) -> list[ManifestRecord]:
+        q = (
+            select(s.manifests)
+            .where(s.manifests.c.repository == repository, s.manifests.c.subject == str(subject))
+            .order_by(s.manifests.c.created_at, s.manifests.c.digest)
+        )
+        if artifact_type is not None:
+            q = q.where(s.manifests.c.artifact_type == artifact_type)
+        async with self._read.connect() as conn:
+            return [_record(row) for row in await conn.execute(q)]
+
+    # -- upload sessions --------------------------------------------------------------------------
+
+    async def create_upload(self, session: UploadSession) -> None:
+        async with self._write.begin() as conn:
+            await conn.execute(
+                s.uploads.insert().values(
+                    id=session.id,
+                    repository=session.repository,
+                    staged_bytes=session.offset,
+                    algorithm=session.algorithm,
+                    created_at=session.created_at,
+                    updated_at=session.updated_at,
+                    backend_state=json.dumps(session.backend_state),
+                )
+            )
+
+    async def get_upload(self, upload_id: str) -> UploadSession | None:
+        async with self._read.connect() as conn:
+            row = (await conn.execute(select(s.uploads).where(s.uploads.c.id == upload_id))).first()
+        return _session(row) if row else None
+
+    async def save_upload(self, session: UploadSession) -> None:
+        async with self._write.begin() as conn:
+            await conn.execute(
+                update(s.uploads)
+                .where(s.uploads.c.id == session.id)
+                .values(
+                    staged_bytes=session.offset,
+                    updated_at=session.updated_at,
+                    backend_state=json.dumps(session.backend_state),
+                )
+            )
+
+    async def delete_upload(self, upload_id: str) -> None:
+        async with self._write.begin() as conn:
+            await conn.execute(delete(s.uploads).where(s.uploads.c.id == upload_id))
+
+    async def count_uploads(self, repository: str) -> int:
+        q = select(func.count()).select_from(s.uploads).where(s.uploads.c.repository == repository)
+        async with self._read.connect() as conn:
+            return int((await conn.execute(q)).scalar() or 0)
+
+    async def stale_uploads(self, updated_before: float) -> list[UploadSession]:
+        q = select(s.uploads).where(s.uploads.c.updated_at < updated_before).limit(1000)
+        async with self._read.connect() as conn:
+            return [_session(row) for row in await conn.execute(q)]
+
+    @asynccontextmanager
+    async def lock_upload(self, upload_id: str) -> AsyncIterator[bool]:
+        """One writer per session. On SQLite: an ``flock`` that the kernel drops with its process."""
+        assert self._lock_dir is not None, "session locks on this engine come with PostgreSQL support"
+        path = self._lock_dir / upload_id
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                if not path.exists() or not await self._upload_exists(upload_id):
+                    path.unlink(missing_ok=True)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    async def _upload_exists(self, upload_id: str) -> bool:
+        async with self._read.connect() as conn:
+            row = (await conn.execute(select(s.uploads.c.id).where(s.uploads.c.id == upload_id))).first()
+        return row is not None

@@ -1,0 +1,78 @@
+"""The one table of protocol errors (spec: "Error Codes").
+
+Every error the registry can report is declared here once, with its HTTP status and a
+default message; the rest of the code raises it by name. The HTTP layer renders any
+``RegistryError`` as the spec's JSON body.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    code: str
+    status: int
+    message: str
+
+
+BLOB_UNKNOWN = ErrorCode("BLOB_UNKNOWN", 404, "blob unknown to registry")
+BLOB_UPLOAD_INVALID = ErrorCode("BLOB_UPLOAD_INVALID", 400, "blob upload invalid")
+BLOB_UPLOAD_UNKNOWN = ErrorCode("BLOB_UPLOAD_UNKNOWN", 404, "blob upload unknown to registry")
+DIGEST_INVALID = ErrorCode(
+    "DIGEST_INVALID", 400, "provided digest did not match uploaded content"
+)
+MANIFEST_BLOB_UNKNOWN = ErrorCode(
+    "MANIFEST_BLOB_UNKNOWN", 400, "manifest references a manifest or blob unknown to registry"
+)
+MANIFEST_INVALID = ErrorCode("MANIFEST_INVALID", 400, "manifest invalid")
+MANIFEST_UNKNOWN = ErrorCode("MANIFEST_UNKNOWN", 404, "manifest unknown to registry")
+NAME_INVALID = ErrorCode("NAME_INVALID", 400, "invalid repository name")
+NAME_UNKNOWN = ErrorCode("NAME_UNKNOWN", 404, "repository name not known to registry")
+SIZE_INVALID = ErrorCode("SIZE_INVALID", 400, "provided length did not match content length")
+UNAUTHORIZED = ErrorCode("UNAUTHORIZED", 401, "authentication required")
+DENIED = ErrorCode("DENIED", 403, "requested access to the resource is denied")
+UNSUPPORTED = ErrorCode("UNSUPPORTED", 405, "the operation is unsupported")
+TOOMANYREQUESTS = ErrorCode("TOOMANYREQUESTS", 429, "too many requests")
+# The spec allows only the codes above; these name the other conditions with the nearest
+# spec code and their own status and message.
+RANGE_NOT_SATISFIABLE = ErrorCode("SIZE_INVALID", 416, "requested range not satisfiable")
+UPLOAD_RANGE_INVALID = ErrorCode(
+    "BLOB_UPLOAD_INVALID", 416, "chunk does not start where the upload session ends"
+)
+MANIFEST_TOO_LARGE = ErrorCode("SIZE_INVALID", 413, "manifest exceeds the size limit")
+REFERENCE_INVALID = ErrorCode("MANIFEST_INVALID", 400, "invalid tag or digest")
+PAGINATION_INVALID = ErrorCode("UNSUPPORTED", 400, "invalid number of results requested")
+INSUFFICIENT_STORAGE = ErrorCode(
+    "BLOB_UPLOAD_INVALID", 507, "the registry's storage has no space left"
+)
+INTERNAL = ErrorCode("UNKNOWN", 500, "internal error; the request was not carried out")
+UPLOAD_LIMIT = ErrorCode("TOOMANYREQUESTS", 429, "too many open upload sessions")
+
+
+@dataclass
+class RegistryError(Exception):
+    """A protocol error: what went wrong, said in the spec's words."""
+
+    error: ErrorCode
+    detail: Any = None
+    message: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message or self.error.message)
+
+    @property
+    def status(self) -> int:
+        return self.error.status
+
+    def body(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "code": self.error.code,
+            "message": self.message or self.error.message,
+        }
+        if self.detail is not None:
+            entry["detail"] = self.detail
+        return {"errors": [entry]}

@@ -1,0 +1,52 @@
+"""Repository names, tags and references (spec: "Pulling manifests")."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from dockyard.registry import errors
+from dockyard.registry.digests import Digest
+
+_NAME = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$")
+_TAG = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
+MAX_NAME_LENGTH = 255
+
+
+def parse_name(text: str) -> str:
+    """A repository name that matches the spec's expression; it never holds `..` or `/` at an end."""
+    if len(text) > MAX_NAME_LENGTH or not _NAME.match(text):
+        raise errors.RegistryError(
+            errors.NAME_INVALID, detail={"name": text[:300]}, message="invalid repository name"
+        )
+    return text
+
+
+def is_tag(text: str) -> bool:
+    return bool(_TAG.match(text))
+
+
+def parse_tag(text: str) -> str:
+    if not is_tag(text):
+        raise errors.RegistryError(errors.REFERENCE_INVALID, message=f"invalid tag {text[:140]!r}")
+    return text
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A manifest reference: a tag or a digest, never both."""
+
+    tag: str | None = None
+    digest: Digest | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Reference:
+        if Digest.is_digest(text):
+            try:
+                return cls(digest=Digest.parse(text))
+            except errors.RegistryError as exc:
+                raise errors.RegistryError(errors.REFERENCE_INVALID, message=str(exc)) from None
+        return cls(tag=parse_tag(text))
+
+    def __str__(self) -> str:
+        return str(self.digest) if self.digest else str(self.tag)

@@ -1,0 +1,195 @@
+"""The two ports of the core: bytes (a content-addressed blob store) and facts (metadata).
+
+Adapters in ``dockyard.storage`` and ``dockyard.metadata`` implement these protocols; the core
+only ever sees these interfaces and the value types below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from dockyard.registry.digests import Digest
+
+
+# ---------------------------------------------------------------------------------------------
+# value types
+
+
+@dataclass(frozen=True)
+class ManifestRecord:
+    """What the registry knows about one manifest in one repository."""
+
+    digest: Digest
+    media_type: str
+    size: int
+    artifact_type: str | None = None  # the referrers API's artifactType (already resolved)
+    subject: Digest | None = None
+    annotations: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class ManifestRef:
+    """An edge from a manifest to something it references (for referrers, GC and checks)."""
+
+    digest: Digest
+    kind: str  # "blob" (config, layers, blobs) or "manifest" (index children)
+
+
+@dataclass
+class UploadSession:
+    """An upload session's persisted state. ``offset`` counts the bytes staged so far."""
+
+    id: str
+    repository: str
+    offset: int = 0
+    algorithm: str = "sha256"
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    backend_state: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# bytes
+
+
+class StagingWriter(Protocol):
+    """Appends to an upload session's staged bytes."""
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def close(self) -> int:
+        """Flush what was written; return the staged size (what a restart would see)."""
+        ...
+
+
+class BlobStore(Protocol):
+    """Opaque bytes by digest, plus staging areas for upload sessions. Never parses JSON."""
+
+    #: the smallest chunk the backend can append (S3 parts), or None
+    chunk_min_length: int | None
+
+    async def stat(self, digest: Digest) -> int | None:
+        """The stored size, or None when the bytes are not there."""
+        ...
+
+    def local_path(self, digest: Digest) -> Path | None:
+        """A local file holding the bytes, for sendfile; None on remote backends."""
+        ...
+
+    def read(self, digest: Digest, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """Stream the bytes (or a range of them)."""
+        ...
+
+    async def read_all(self, digest: Digest) -> bytes:
+        """Read small content (manifests) whole."""
+        ...
+
+    async def put(self, digest: Digest, data: bytes) -> None:
+        """Store small content durably under its digest (the caller has verified the digest)."""
+        ...
+
+    async def delete(self, digest: Digest) -> None: ...
+
+    async def redirect_url(self, digest: Digest) -> str | None:
+        """A URL a client may fetch the bytes from directly, or None to stream through us."""
+        ...
+
+    async def staging_open(self, session: UploadSession) -> StagingWriter:
+        """Open the staging area for appending at ``session.offset`` (dropping anything past it)."""
+        ...
+
+    async def staging_size(self, session: UploadSession) -> int | None: ...
+
+    def staging_read(self, session: UploadSession) -> AsyncIterator[bytes]: ...
+
+    async def staging_commit(self, session: UploadSession, digest: Digest) -> None:
+        """Make the staged bytes durable and move them into place under ``digest``."""
+        ...
+
+    async def staging_delete(self, session: UploadSession) -> None: ...
+
+    def iter_digests(self) -> AsyncIterator[Digest]:
+        """Every digest stored (for fsck and GC)."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# facts
+
+
+class MetadataStore(Protocol):
+    """Repositories, links, manifests, tags, references and upload sessions."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # repositories and blob links
+    async def repository_exists(self, repository: str) -> bool: ...
+
+    async def list_repositories(self, limit: int, last: str | None) -> list[str]: ...
+
+    async def linked_blob_size(self, repository: str, digest: Digest) -> int | None: ...
+
+    async def blob_size(self, digest: Digest) -> int | None:
+        """The size of a blob known to the registry in any repository."""
+        ...
+
+    async def link_blob(self, repository: str, digest: Digest, size: int) -> None: ...
+
+    async def unlink_blob(self, repository: str, digest: Digest) -> bool: ...
+
+    async def missing_blobs(self, repository: str, digests: Sequence[Digest]) -> list[Digest]: ...
+
+    async def missing_manifests(self, repository: str, digests: Sequence[Digest]) -> list[Digest]: ...
+
+    # manifests and tags
+    async def put_manifest(
+        self,
+        repository: str,
+        record: ManifestRecord,
+        refs: Sequence[ManifestRef],
+        tags: Sequence[str],
+    ) -> None:
+        """Record a manifest (idempotent) and point ``tags`` at it, in one transaction."""
+        ...
+
+    async def get_manifest(self, repository: str, digest: Digest) -> ManifestRecord | None: ...
+
+    async def resolve_tag(self, repository: str, tag: str) -> ManifestRecord | None: ...
+
+    async def delete_manifest(self, repository: str, digest: Digest) -> bool:
+        """Remove a manifest and every tag that points at it."""
+        ...
+
+    async def delete_tag(self, repository: str, tag: str) -> bool: ...
+
+    async def list_tags(self, repository: str, limit: int, last: str | None) -> list[str]: ...
+
+    async def list_referrers(
+        self, repository: str, subject: Digest, artifact_type: str | None
+    ) -> list[ManifestRecord]: ...
+
+    # upload sessions
+    async def create_upload(self, session: UploadSession) -> None: ...
+
+    async def get_upload(self, upload_id: str) -> UploadSession | None: ...
+
+    async def save_upload(self, session: UploadSession) -> None: ...
+
+    async def delete_upload(self, upload_id: str) -> None: ...
+
+    async def count_uploads(self, repository: str) -> int: ...
+
+    async def stale_uploads(self, updated_before: float) -> list[UploadSession]: ...
+
+    def lock_upload(self, upload_id: str) -> AbstractAsyncContextManager[bool]:
+        """Try to become the session's one writer; yields False when another writer holds it.
+
+        The lock must die with its holder (a killed process never leaves a session locked).
+        """
+        ...

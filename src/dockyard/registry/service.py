@@ -1,0 +1,459 @@
+"""The registry core: the spec's rules over the two ports, and nothing about HTTP."""
+
+from __future__ import annotations
+
+import errno
+import re
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dockyard.registry import errors
+from dockyard.registry.digests import DEFAULT_ALGORITHM, Digest, Hasher, check_algorithm, new_hasher
+from dockyard.registry.manifests import ParsedManifest, parse_manifest
+from dockyard.registry.names import Reference, parse_tag
+from dockyard.registry.ports import BlobStore, ManifestRecord, MetadataStore, UploadSession
+from dockyard.registry.uploads import ChunkRange, LiveHashers, UploadOutOfOrder
+
+Body = AsyncIterator[bytes]
+_UPLOAD_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The rules an operator can change (all have the spec's or the field's defaults)."""
+
+    delete_enabled: bool = True
+    manifest_max_bytes: int = 4 * 1024 * 1024
+    index_requires_children: bool = True
+    upload_ttl_seconds: float = 24 * 3600.0
+    max_uploads_per_repository: int = 1000
+    max_page_size: int = 10_000
+    max_tags_per_push: int = 100
+    manifest_cache_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    digest: Digest
+    size: int
+    path: Path | None
+    redirect: str | None
+
+
+@dataclass(frozen=True)
+class PushedManifest:
+    digest: Digest
+    tags: list[str]
+    subject: Digest | None
+
+
+@dataclass
+class _ManifestCache:
+    """Manifest bytes by digest: immutable, so safe to share across requests and workers' lives."""
+
+    capacity: int
+    used: int = 0
+    entries: OrderedDict[Digest, bytes] = field(default_factory=OrderedDict)
+
+    def get(self, digest: Digest) -> bytes | None:
+        data = self.entries.get(digest)
+        if data is not None:
+            self.entries.move_to_end(digest)
+        return data
+
+    def put(self, digest: Digest, data: bytes) -> None:
+        if len(data) > self.capacity or digest in self.entries:
+            return
+        self.entries[digest] = data
+        self.used += len(data)
+        while self.used > self.capacity:
+            _, old = self.entries.popitem(last=False)
+            self.used -= len(old)
+
+
+def _storage_error(exc: OSError) -> errors.RegistryError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return errors.RegistryError(errors.INSUFFICIENT_STORAGE)
+    raise exc
+
+
+class Registry:
+    """What a registry does, in the spec's words; the HTTP layer turns requests into these calls."""
+
+    def __init__(
+        self,
+        blobs: BlobStore,
+        meta: MetadataStore,
+        policy: Policy | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.blobs = blobs
+        self.meta = meta
+        self.policy = policy or Policy()
+        self._clock = clock
+        self._hashers = LiveHashers()
+        self._manifests = _ManifestCache(self.policy.manifest_cache_bytes)
+
+    # -- blobs ---------------------------------------------------------------------------------
+
+    async def blob_info(self, repository: str, digest: Digest) -> BlobInfo:
+        size = await self.meta.linked_blob_size(repository, digest)
+        if size is None:
+            raise errors.RegistryError(errors.BLOB_UNKNOWN, detail={"digest": str(digest)})
+        return BlobInfo(
+            digest=digest,
+            size=size,
+            path=self.blobs.local_path(digest),
+            redirect=await self.blobs.redirect_url(digest),
+        )
+
+    def read_blob(self, digest: Digest, offset: int, length: int) -> Body:
+        return self.blobs.read(digest, offset, length)
+
+    async def delete_blob(self, repository: str, digest: Digest) -> None:
+        self._check_delete_enabled()
+        if not await self.meta.unlink_blob(repository, digest):
+            raise errors.RegistryError(errors.BLOB_UNKNOWN, detail={"digest": str(digest)})
+
+    # -- manifests -----------------------------------------------------------------------------
+
+    async def get_manifest(self, repository: str, reference: Reference) -> tuple[ManifestRecord, bytes]:
+        record = await self.manifest_record(repository, reference)
+        data = self._manifests.get(record.digest)
+        if data is None:
+            data = await self.blobs.read_all(record.digest)
+            self._manifests.put(record.digest, data)
+        return record, data
+
+    async def manifest_record(self, repository: str, reference: Reference) -> ManifestRecord:
+        if reference.digest is not None:
+            record = await self.meta.get_manifest(repository, reference.digest)
+        else:
+            assert reference.tag is not None
+            record = await self.meta.resolve_tag(repository, reference.tag)
+        if record is None:
+            raise errors.RegistryError(errors.MANIFEST_UNKNOWN, detail={"reference": str(reference)})
+        return record
+
+    async def put_manifest(
+        self,
+        repository: str,
+        reference: Reference,
+        body: bytes,
+        content_type: str | None,
+        extra_tags: Sequence[str] = (),
+    ) -> PushedManifest:
+        """Validate and store a manifest (spec: "Pushing Manifests"), tags included."""
+        if len(body) > self.policy.manifest_max_bytes:
+            raise errors.RegistryError(
+                errors.MANIFEST_TOO_LARGE,
+                detail={"limit": self.policy.manifest_max_bytes},
+            )
+        if reference.digest is not None:
+            digest = Digest.of(body, reference.digest.algorithm)
+            if digest != reference.digest:
+                raise errors.RegistryError(
+                    errors.DIGEST_INVALID,
+                    message=f"manifest digest is {digest}, not {reference.digest}",
+                )
+        else:
+            digest = Digest.of(body)
+        tags = self._push_tags(reference, extra_tags)
+        parsed = parse_manifest(body, content_type)
+        await self._check_references(repository, parsed)
+        try:
+            await self.blobs.put(digest, body)
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+        await self.meta.put_manifest(repository, parsed.record(digest, len(body)), parsed.refs(), tags)
+        self._manifests.put(digest, body)
+        return PushedManifest(digest, tags, parsed.subject.digest if parsed.subject else None)
+
+    def _push_tags(self, reference: Reference, extra_tags: Sequence[str]) -> list[str]:
+        if reference.tag is not None:
+            if extra_tags:
+                raise errors.RegistryError(
+                    errors.MANIFEST_INVALID, message="tag parameters need a manifest pushed by digest"
+                )
+            return [reference.tag]
+        if len(extra_tags) > self.policy.max_tags_per_push:
+            raise errors.RegistryError(
+                errors.ErrorCode("MANIFEST_INVALID", 414, "too many tag parameters"),
+                detail={"limit": self.policy.max_tags_per_push},
+            )
+        return list(dict.fromkeys(parse_tag(t) for t in extra_tags))
+
+    async def _check_references(self, repository: str, parsed: ParsedManifest) -> None:
+        # spec: "A registry MAY reject a manifest ... with descriptors ... that do not exist";
+        # subject is exempt ("MUST initially accept ... a subject ... that does not exist").
+        needed = [d for d in parsed.blobs if not d.non_distributable]
+        missing = await self.meta.missing_blobs(repository, [d.digest for d in needed])
+        if self.policy.index_requires_children and parsed.children:
+            missing += await self.meta.missing_manifests(
+                repository, [d.digest for d in parsed.children]
+            )
+        if missing:
+            raise errors.RegistryError(
+                errors.MANIFEST_BLOB_UNKNOWN,
+                detail={"missing": [str(d) for d in dict.fromkeys(missing)]},
+                message=f"manifest references {len(missing)} unknown blob(s) or manifest(s)",
+            )
+        for d in needed:
+            size = await self.meta.linked_blob_size(repository, d.digest)
+            if size is not None and size != d.size:
+                raise errors.RegistryError(
+                    errors.MANIFEST_INVALID,
+                    message=f"descriptor {d.digest} says size {d.size}, the blob has {size}",
+                )
+
+    async def delete_manifest(self, repository: str, reference: Reference) -> None:
+        self._check_delete_enabled()
+        if not await self.meta.repository_exists(repository):
+            raise errors.RegistryError(errors.NAME_UNKNOWN, detail={"name": repository})
+        if reference.tag is not None:
+            deleted = await self.meta.delete_tag(repository, reference.tag)
+        else:
+            assert reference.digest is not None
+            deleted = await self.meta.delete_manifest(repository, reference.digest)
+        if not deleted:
+            raise errors.RegistryError(errors.MANIFEST_UNKNOWN, detail={"reference": str(reference)})
+
+    def _check_delete_enabled(self) -> None:
+        if not self.policy.delete_enabled:
+            raise errors.RegistryError(errors.UNSUPPORTED, message="deletes are disabled on this registry")
+
+    # -- discovery -----------------------------------------------------------------------------
+
+    def page_size(self, n: str | None) -> int:
+        """The page size a client asked for (``n``), capped; pagination goes on by ``Link``."""
+        if n is None or n == "":
+            return self.policy.max_page_size
+        if not n.isdigit() or len(n) > 18:
+            raise errors.RegistryError(errors.PAGINATION_INVALID, detail={"n": n[:40]})
+        return min(int(n), self.policy.max_page_size)
+
+    async def list_tags(self, repository: str, limit: int, last: str | None) -> tuple[list[str], bool]:
+        """A page of tags in byte order after ``last``, and whether more follow."""
+        if not await self.meta.repository_exists(repository):
+            raise errors.RegistryError(errors.NAME_UNKNOWN, detail={"name": repository})
+        if limit == 0:  # spec: "When n is zero, ... an empty list, and MUST NOT include a Link"
+            return [], False
+        page = await self.meta.list_tags(repository, limit + 1, last)
+        return page[:limit], len(page) > limit
+
+    async def list_repositories(self, limit: int, last: str | None) -> tuple[list[str], bool]:
+        if limit == 0:
+            return [], False
+        page = await self.meta.list_repositories(limit + 1, last)
+        return page[:limit], len(page) > limit
+
+    async def list_referrers(
+        self, repository: str, subject: Digest, artifact_type: str | None
+    ) -> list[ManifestRecord]:
+        return await self.meta.list_referrers(repository, subject, artifact_type)
+
+    # -- uploads -------------------------------------------------------------------------------
+
+    async def start_upload(self, repository: str, algorithm: str | None = None) -> UploadSession:
+        """Open an upload session (spec: "POST then PUT", "Pushing a blob in chunks")."""
+        algorithm = check_algorithm(algorithm or DEFAULT_ALGORITHM)
+        if await self.meta.count_uploads(repository) >= self.policy.max_uploads_per_repository:
+            raise errors.RegistryError(
+                errors.UPLOAD_LIMIT,
+                headers={"Retry-After": "60"},
+                detail={"limit": self.policy.max_uploads_per_repository},
+            )
+        now = self._clock()
+        session = UploadSession(
+            id=str(uuid.uuid4()),
+            repository=repository,
+            algorithm=algorithm,
+            created_at=now,
+            updated_at=now,
+        )
+        await self.meta.create_upload(session)
+        return session
+
+    async def mount_blob(self, repository: str, digest: Digest, source: str | None) -> int | None:
+        """Link a blob another repository has (spec: "Mounting a blob"); None if it cannot be."""
+        if source is not None:
+            size = await self.meta.linked_blob_size(source, digest)
+        else:
+            size = await self.meta.blob_size(digest)
+        if size is None or await self.blobs.stat(digest) is None:
+            return None
+        await self.meta.link_blob(repository, digest, size)
+        return size
+
+    async def upload_status(self, repository: str, upload_id: str) -> UploadSession:
+        return await self._session(repository, upload_id)
+
+    async def append_chunk(
+        self,
+        repository: str,
+        upload_id: str,
+        chunk: ChunkRange | None,
+        length: int | None,
+        body: Body,
+    ) -> UploadSession:
+        """Append a chunk (PATCH); a chunk must start where the session ends."""
+        session = await self._session(repository, upload_id)
+        async with self.meta.lock_upload(upload_id) as locked:
+            if not locked:
+                raise UploadOutOfOrder(session, "another request is writing to this upload session")
+            session = await self._session(repository, upload_id)
+            await self._append(session, chunk, length, body)
+        return session
+
+    async def commit_upload(
+        self,
+        repository: str,
+        upload_id: str,
+        digest_text: str | None,
+        chunk: ChunkRange | None,
+        length: int | None,
+        body: Body | None,
+    ) -> Digest:
+        """Close the session (PUT): append the last chunk, verify the digest, publish."""
+        if not digest_text:
+            raise errors.RegistryError(errors.DIGEST_INVALID, message="the digest parameter is required")
+        digest = Digest.parse(digest_text)
+        session = await self._session(repository, upload_id)
+        async with self.meta.lock_upload(upload_id) as locked:
+            if not locked:
+                raise UploadOutOfOrder(session, "another request is writing to this upload session")
+            session = await self._session(repository, upload_id)
+            if body is not None:
+                await self._append(session, chunk, length, body)
+            await self._publish(session, digest)
+        return digest
+
+    async def upload_whole(self, repository: str, digest_text: str, length: int | None, body: Body) -> Digest:
+        """Single-POST upload (spec: "Single POST"): the whole blob in the POST's body."""
+        digest = Digest.parse(digest_text)
+        session = await self.start_upload(repository, digest.algorithm)
+        try:
+            return await self.commit_upload(repository, session.id, str(digest), None, length, body)
+        except BaseException:
+            await self._discard(session)
+            raise
+
+    async def cancel_upload(self, repository: str, upload_id: str) -> None:
+        session = await self._session(repository, upload_id)
+        async with self.meta.lock_upload(upload_id) as locked:
+            if not locked:
+                raise UploadOutOfOrder(session, "another request is writing to this upload session")
+            await self._discard(session)
+
+    async def purge_stale_uploads(self) -> int:
+        """Remove sessions idle longer than the TTL, with their staged bytes."""
+        stale = await self.meta.stale_uploads(self._clock() - self.policy.upload_ttl_seconds)
+        for session in stale:
+            async with self.meta.lock_upload(session.id) as locked:
+                if locked:
+                    await self._discard(session)
+        return len(stale)
+
+    async def _session(self, repository: str, upload_id: str) -> UploadSession:
+        if not _UPLOAD_ID.match(upload_id):
+            raise errors.RegistryError(errors.BLOB_UPLOAD_UNKNOWN, detail={"uuid": upload_id[:64]})
+        session = await self.meta.get_upload(upload_id)
+        if session is None or session.repository != repository:
+            raise errors.RegistryError(errors.BLOB_UPLOAD_UNKNOWN, detail={"uuid": upload_id[:64]})
+        if session.updated_at < self._clock() - self.policy.upload_ttl_seconds:
+            raise errors.RegistryError(
+                errors.BLOB_UPLOAD_UNKNOWN, detail={"uuid": upload_id}, message="upload session expired"
+            )
+        return session
+
+    async def _discard(self, session: UploadSession) -> None:
+        self._hashers.drop(session.id)
+        await self.blobs.staging_delete(session)
+        await self.meta.delete_upload(session.id)
+
+    async def _append(
+        self, session: UploadSession, chunk: ChunkRange | None, length: int | None, body: Body
+    ) -> None:
+        """Stream ``body`` onto the session's staged bytes, hashing on the way in.
+
+        Holds the session's writer lock. Whatever happens to the connection, the session ends
+        at a consistent offset that is persisted before this returns or raises.
+        """
+        expected: int | None = length
+        if chunk is not None:
+            if chunk.start != session.offset:
+                raise UploadOutOfOrder(
+                    session, f"chunk starts at {chunk.start}, the session ends at {session.offset}"
+                )
+            if length is not None and length != chunk.length:
+                raise errors.RegistryError(
+                    errors.SIZE_INVALID,
+                    message=f"Content-Length {length} does not match Content-Range length {chunk.length}",
+                )
+            expected = chunk.length
+        hasher: Hasher | None = self._hashers.take(session)
+        if hasher is None and session.offset == 0:
+            hasher = new_hasher(session.algorithm)
+        start = session.offset
+        received = 0
+        writer = None
+        try:
+            writer = await self.blobs.staging_open(session)
+            async for data in body:
+                if expected is not None and received + len(data) > expected:
+                    raise errors.RegistryError(
+                        errors.SIZE_INVALID, message="the body is longer than its declared length"
+                    )
+                await writer.write(data)
+                if hasher is not None:
+                    hasher.update(data)
+                received += len(data)
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+        finally:
+            size = start
+            if writer is not None:
+                try:
+                    size = await writer.close()
+                except OSError:
+                    size = await self.blobs.staging_size(session) or start
+                    hasher = None
+            session.offset = size
+            session.updated_at = self._clock()
+            await self.meta.save_upload(session)
+            if hasher is not None and size == start + received:
+                self._hashers.keep(session, hasher)
+
+    async def _publish(self, session: UploadSession, digest: Digest) -> None:
+        """Verify the staged bytes against ``digest`` and make them a blob of the repository."""
+        staged = await self.blobs.staging_size(session)
+        if staged is None:
+            # Only a commit that crashed after moving the bytes leaves no staging behind.
+            size = await self.blobs.stat(digest)
+            if size is None or size != session.offset:
+                raise errors.RegistryError(
+                    errors.BLOB_UPLOAD_INVALID, message="the session's staged bytes are gone"
+                )
+        else:
+            hasher = self._hashers.take(session) if session.algorithm == digest.algorithm else None
+            if hasher is None:
+                hasher = new_hasher(digest.algorithm)
+                async for data in self.blobs.staging_read(session):
+                    hasher.update(data)
+            if hasher.hexdigest() != digest.hex:
+                raise errors.RegistryError(
+                    errors.DIGEST_INVALID,
+                    detail={"digest": str(digest)},
+                    message=f"uploaded content does not match digest {digest}",
+                )
+            try:
+                await self.blobs.staging_commit(session, digest)
+            except OSError as exc:
+                raise _storage_error(exc) from exc
+            size = session.offset
+        await self.meta.link_blob(session.repository, digest, size)
+        await self._discard(session)

@@ -1,0 +1,1 @@
+"""Adapters of the bytes port (``dockyard.registry.ports.BlobStore``)."""

@@ -1,0 +1,185 @@
+"""The default bytes store: a directory on the local filesystem.
+
+Layout under the root::
+
+    blobs/<algorithm>/<first two hex>/<hex>   content, named by digest, written once
+    uploads/<session id>/data                  an upload session's staged bytes
+    tmp/                                       small content on its way into blobs/
+
+Content reaches ``blobs/`` only by ``rename`` after an ``fsync``, so a name there always holds
+complete, verified bytes (ARCHITECTURE.md invariant 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import BinaryIO
+
+from dockyard.registry.digests import ALGORITHMS, Digest
+from dockyard.registry.ports import UploadSession
+
+READ_SIZE = 1 << 20
+WRITE_BUFFER = 4 << 20
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _FileStagingWriter:
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+
+    async def write(self, data: bytes) -> None:
+        # Buffered: the kernel sees WRITE_BUFFER-sized writes; page-cache writes do not block long.
+        self._handle.write(data)
+
+    async def close(self) -> int:
+        try:
+            self._handle.flush()
+            return self._handle.tell()
+        finally:
+            self._handle.close()
+
+
+class FilesystemBlobStore:
+    chunk_min_length: int | None = None
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._blobs = root / "blobs"
+        self._uploads = root / "uploads"
+        self._tmp = root / "tmp"
+        for d in (self._blobs, self._uploads, self._tmp):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # -- content ---------------------------------------------------------------------------------
+
+    def _path(self, digest: Digest) -> Path:
+        # Digest.parse guarantees a registered algorithm and lowercase hex: no path tricks here.
+        return self._blobs / digest.algorithm / digest.hex[:2] / digest.hex
+
+    async def stat(self, digest: Digest) -> int | None:
+        try:
+            return os.stat(self._path(digest)).st_size
+        except FileNotFoundError:
+            return None
+
+    def local_path(self, digest: Digest) -> Path | None:
+        return self._path(digest)
+
+    async def read(self, digest: Digest, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        with open(self._path(digest), "rb") as f:
+            f.seek(offset)
+            remaining = length
+            while remaining is None or remaining > 0:
+                n = READ_SIZE if remaining is None else min(READ_SIZE, remaining)
+                data = await loop.run_in_executor(None, f.read, n)
+                if not data:
+                    return
+                if remaining is not None:
+                    remaining -= len(data)
+                yield data
+
+    async def read_all(self, digest: Digest) -> bytes:
+        return await asyncio.to_thread(self._path(digest).read_bytes)
+
+    async def put(self, digest: Digest, data: bytes) -> None:
+        await asyncio.to_thread(self._put_sync, digest, data)
+
+    def _put_sync(self, digest: Digest, data: bytes) -> None:
+        target = self._path(digest)
+        if target.exists():
+            return
+        tmp = self._tmp / f"{uuid.uuid4()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        self._move_into_place(tmp, target)
+
+    def _move_into_place(self, source: Path, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+        _fsync_dir(target.parent)
+
+    async def delete(self, digest: Digest) -> None:
+        try:
+            os.unlink(self._path(digest))
+        except FileNotFoundError:
+            pass
+
+    async def redirect_url(self, digest: Digest) -> str | None:
+        return None
+
+    async def iter_digests(self) -> AsyncIterator[Digest]:
+        for algorithm in ALGORITHMS:
+            base = self._blobs / algorithm
+            if not base.is_dir():
+                continue
+            for prefix in sorted(base.iterdir()):
+                for entry in sorted(prefix.iterdir()):
+                    yield Digest(algorithm, entry.name)
+
+    # -- staging -----------------------------------------------------------------------------------
+
+    def _staging(self, session: UploadSession) -> Path:
+        return self._uploads / session.id / "data"
+
+    async def staging_open(self, session: UploadSession) -> _FileStagingWriter:
+        path = self._staging(session)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        handle = os.fdopen(fd, "wb", buffering=WRITE_BUFFER)
+        # Bytes past the recorded offset belong to a writer that died before recording them.
+        os.ftruncate(fd, session.offset)
+        handle.seek(session.offset)
+        return _FileStagingWriter(handle)
+
+    async def staging_size(self, session: UploadSession) -> int | None:
+        try:
+            return os.stat(self._staging(session)).st_size
+        except FileNotFoundError:
+            return 0 if session.offset == 0 and not self._staging(session).parent.exists() else None
+
+    async def staging_read(self, session: UploadSession) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        path = self._staging(session)
+        if not path.exists():
+            return
+        with open(path, "rb") as f:
+            remaining = session.offset
+            while remaining > 0:
+                data = await loop.run_in_executor(None, f.read, min(READ_SIZE * 8, remaining))
+                if not data:
+                    return
+                remaining -= len(data)
+                yield data
+
+    async def staging_commit(self, session: UploadSession, digest: Digest) -> None:
+        await asyncio.to_thread(self._commit_sync, session, digest)
+
+    def _commit_sync(self, session: UploadSession, digest: Digest) -> None:
+        path = self._staging(session)
+        if not path.exists():
+            # An empty blob that never got a PATCH: there is nothing staged to move.
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        with open(path, "rb+") as f:
+            if os.fstat(f.fileno()).st_size != session.offset:
+                f.truncate(session.offset)
+            os.fsync(f.fileno())
+        self._move_into_place(path, self._path(digest))
+
+    async def staging_delete(self, session: UploadSession) -> None:
+        await asyncio.to_thread(shutil.rmtree, self._uploads / session.id, True)
