@@ -21,7 +21,9 @@ def main() -> None:
 @click.option("--listen", help="HOST:PORT to listen on [default: 127.0.0.1:5000]")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="where blobs and metadata live")
 @click.option("--workers", type=int, help="worker processes [default: one per core]")
-@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), help="YAML settings file")
+@click.option(
+    "--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), help="YAML settings file"
+)
 def serve(listen: str | None, data_dir: Path | None, workers: int | None, config_file: Path | None) -> None:
     """Serve the registry (filesystem + SQLite by default: nothing to configure)."""
     from dockyard.http.server import serve as run

@@ -12,7 +12,7 @@ from aiohttp import web
 from dockyard.config import Settings
 from dockyard.http import blobs, discovery, manifests, uploads
 from dockyard.http.common import REGISTRY
-from dockyard.http.errors import API_VERSION_HEADER, error_middleware
+from dockyard.http.errors import API_VERSION_HEADER, Handler, error_middleware
 from dockyard.metadata.store import SqlMetadataStore
 from dockyard.registry.service import Policy, Registry
 from dockyard.storage.filesystem import FilesystemBlobStore
@@ -22,7 +22,7 @@ log = logging.getLogger("dockyard")
 # The /v2/ route table, top to bottom. ``name`` may hold slashes, so the more specific
 # upload routes come before the blob routes.
 NAME = "{name:[^{}]+?}"
-ROUTES: list[tuple[str, str, web.Handler]] = [
+ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v2/", discovery.api_version),
     ("HEAD", "/v2/", discovery.api_version),
     ("GET", "/v2/_catalog", discovery.list_repositories),

@@ -34,11 +34,17 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         clean.pop("Range", None)
         if span is not None:
             clean["Range"] = f"bytes={span[0]}-{span[1]}"
-        for conditional in ("If-Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since"):
+        for conditional in (
+            "If-Range",
+            "If-Match",
+            "If-None-Match",
+            "If-Modified-Since",
+            "If-Unmodified-Since",
+        ):
             clean.pop(conditional, None)
-        response = web.FileResponse(info.path, headers=headers)
-        await response.prepare(request.clone(headers=clean))
-        return response
+        file_response = web.FileResponse(info.path, headers=headers)
+        await file_response.prepare(request.clone(headers=clean))
+        return file_response
     start, end = span if span is not None else (0, info.size - 1)
     response = web.StreamResponse(status=206 if span else 200, headers=headers)
     response.content_length = end - start + 1

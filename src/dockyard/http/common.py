@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
@@ -48,3 +50,18 @@ def session_headers(session: UploadSession) -> dict[str, str]:
 
 def next_link(path: str, n: int, last: str) -> str:
     return f'<{quote(path)}?{urlencode({"n": n, "last": last})}>; rel="next"'
+
+
+def json_response(
+    data: Any,
+    *,
+    status: int = 200,
+    content_type: str = "application/json",
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """JSON with exactly ``content_type`` (the spec: no parameters on Content-Type)."""
+    return web.Response(
+        body=json.dumps(data, separators=(",", ":")).encode(),
+        status=status,
+        headers={**(headers or {}), "Content-Type": content_type},
+    )

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from dockyard.http.common import next_link, registry, repository
+from dockyard.http.common import json_response, next_link, registry, repository
 from dockyard.registry.digests import Digest
 from dockyard.registry.manifests import OCI_INDEX, referrers_index
 
 
 async def api_version(request: web.Request) -> web.Response:
     """``GET /v2/``: this registry speaks the Distribution API."""
-    return web.json_response({})
+    return json_response({})
 
 
 async def list_tags(request: web.Request) -> web.Response:
@@ -19,7 +19,7 @@ async def list_tags(request: web.Request) -> web.Response:
     core = registry(request)
     limit = core.page_size(request.query.get("n"))
     tags, more = await core.list_tags(name, limit, request.query.get("last"))
-    response = web.json_response({"name": name, "tags": tags})
+    response = json_response({"name": name, "tags": tags})
     if more and tags:
         response.headers["Link"] = next_link(request.path, limit, tags[-1])
     return response
@@ -30,7 +30,7 @@ async def list_referrers(request: web.Request) -> web.Response:
     subject = Digest.parse(request.match_info["digest"])
     artifact_type = request.query.get("artifactType") or None
     records = await registry(request).list_referrers(name, subject, artifact_type)
-    response = web.json_response(referrers_index(records), content_type=OCI_INDEX)
+    response = json_response(referrers_index(records), content_type=OCI_INDEX)
     if artifact_type is not None:
         response.headers["OCI-Filters-Applied"] = "artifactType"
     return response
@@ -40,7 +40,7 @@ async def list_repositories(request: web.Request) -> web.Response:
     core = registry(request)
     limit = core.page_size(request.query.get("n"))
     names, more = await core.list_repositories(limit, request.query.get("last"))
-    response = web.json_response({"repositories": names})
+    response = json_response({"repositories": names})
     if more and names:
         response.headers["Link"] = next_link(request.path, limit, names[-1])
     return response

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from dockyard.http.common import session_headers
+from dockyard.http.common import json_response, session_headers
 from dockyard.registry import errors
 from dockyard.registry.uploads import UploadOutOfOrder
 
@@ -22,8 +22,7 @@ def error_response(exc: errors.RegistryError, method: str = "GET") -> web.Respon
     headers = dict(exc.headers)
     if isinstance(exc, UploadOutOfOrder):
         headers.update(session_headers(exc.session))
-    response = web.json_response(exc.body(), status=exc.status, headers=headers)
-    return response
+    return json_response(exc.body(), status=exc.status, headers=headers)
 
 
 def _http_error(exc: web.HTTPException) -> web.Response:

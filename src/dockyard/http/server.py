@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -57,7 +58,10 @@ def serve(settings: Settings) -> None:
     sock = bind_socket(settings)
     log.info(
         "dockyard listening on http://%s:%d/ (data: %s, workers: %d)",
-        settings.host, sock.getsockname()[1], settings.data_dir, settings.workers,
+        settings.host,
+        sock.getsockname()[1],
+        settings.data_dir,
+        settings.workers,
     )
     if settings.workers == 1:
         _run_worker(settings, sock)
@@ -84,10 +88,8 @@ def serve(settings: Settings) -> None:
         nonlocal stopping
         stopping = True
         for pid in list(children):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -213,7 +213,12 @@ class SqlMetadataStore:
                 await conn.execute(
                     self._insert(s.manifest_refs).on_conflict_do_nothing(),
                     [
-                        {"repository": repository, "manifest": digest, "digest": str(r.digest), "kind": r.kind}
+                        {
+                            "repository": repository,
+                            "manifest": digest,
+                            "digest": str(r.digest),
+                            "kind": r.kind,
+                        }
                         for r in refs
                     ],
                 )
@@ -237,10 +242,16 @@ class SqlMetadataStore:
         return _record(row) if row else None
 
     async def resolve_tag(self, repository: str, tag: str) -> ManifestRecord | None:
-        q = select(s.manifests).join(
-            s.tags,
-            and_(s.tags.c.repository == s.manifests.c.repository, s.tags.c.digest == s.manifests.c.digest),
-        ).where(s.tags.c.repository == repository, s.tags.c.name == tag)
+        q = (
+            select(s.manifests)
+            .join(
+                s.tags,
+                and_(
+                    s.tags.c.repository == s.manifests.c.repository, s.tags.c.digest == s.manifests.c.digest
+                ),
+            )
+            .where(s.tags.c.repository == repository, s.tags.c.name == tag)
+        )
         async with self._read.connect() as conn:
             row = (await conn.execute(q)).first()
         return _record(row) if row else None

@@ -21,9 +21,7 @@ class ErrorCode:
 BLOB_UNKNOWN = ErrorCode("BLOB_UNKNOWN", 404, "blob unknown to registry")
 BLOB_UPLOAD_INVALID = ErrorCode("BLOB_UPLOAD_INVALID", 400, "blob upload invalid")
 BLOB_UPLOAD_UNKNOWN = ErrorCode("BLOB_UPLOAD_UNKNOWN", 404, "blob upload unknown to registry")
-DIGEST_INVALID = ErrorCode(
-    "DIGEST_INVALID", 400, "provided digest did not match uploaded content"
-)
+DIGEST_INVALID = ErrorCode("DIGEST_INVALID", 400, "provided digest did not match uploaded content")
 MANIFEST_BLOB_UNKNOWN = ErrorCode(
     "MANIFEST_BLOB_UNKNOWN", 400, "manifest references a manifest or blob unknown to registry"
 )
@@ -45,9 +43,7 @@ UPLOAD_RANGE_INVALID = ErrorCode(
 MANIFEST_TOO_LARGE = ErrorCode("SIZE_INVALID", 413, "manifest exceeds the size limit")
 REFERENCE_INVALID = ErrorCode("MANIFEST_INVALID", 400, "invalid tag or digest")
 PAGINATION_INVALID = ErrorCode("UNSUPPORTED", 400, "invalid number of results requested")
-INSUFFICIENT_STORAGE = ErrorCode(
-    "BLOB_UPLOAD_INVALID", 507, "the registry's storage has no space left"
-)
+INSUFFICIENT_STORAGE = ErrorCode("BLOB_UPLOAD_INVALID", 507, "the registry's storage has no space left")
 INTERNAL = ErrorCode("UNKNOWN", 500, "internal error; the request was not carried out")
 UPLOAD_LIMIT = ErrorCode("TOOMANYREQUESTS", 429, "too many open upload sessions")
 

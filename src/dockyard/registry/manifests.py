@@ -163,9 +163,7 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
     if declared in DOCKER_SCHEMA1 or header in DOCKER_SCHEMA1:
         raise _invalid("Docker schema 1 manifests are not supported; push schema 2 or OCI")
     if declared and header not in GENERIC_CONTENT_TYPES and header != declared:
-        raise _invalid(
-            f"Content-Type {header!r} does not match the manifest's mediaType {declared!r}"
-        )
+        raise _invalid(f"Content-Type {header!r} does not match the manifest's mediaType {declared!r}")
     media_type = declared or (header if header not in GENERIC_CONTENT_TYPES else "")
     if not media_type:
         # No declared type: tell an index from an image by its shape (image-spec allows this).

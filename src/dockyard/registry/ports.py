@@ -14,7 +14,6 @@ from typing import Any, Protocol
 
 from dockyard.registry.digests import Digest
 
-
 # ---------------------------------------------------------------------------------------------
 # value types
 

@@ -193,9 +193,7 @@ class Registry:
         needed = [d for d in parsed.blobs if not d.non_distributable]
         missing = await self.meta.missing_blobs(repository, [d.digest for d in needed])
         if self.policy.index_requires_children and parsed.children:
-            missing += await self.meta.missing_manifests(
-                repository, [d.digest for d in parsed.children]
-            )
+            missing += await self.meta.missing_manifests(repository, [d.digest for d in parsed.children])
         if missing:
             raise errors.RegistryError(
                 errors.MANIFEST_BLOB_UNKNOWN,

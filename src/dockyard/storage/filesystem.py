@@ -13,6 +13,7 @@ complete, verified bytes (ARCHITECTURE.md invariant 2).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import uuid
@@ -114,10 +115,8 @@ class FilesystemBlobStore:
         _fsync_dir(target.parent)
 
     async def delete(self, digest: Digest) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(digest))
-        except FileNotFoundError:
-            pass
 
     async def redirect_url(self, digest: Digest) -> str | None:
         return None
