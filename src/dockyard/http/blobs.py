@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from dockyard.http.common import registry, repository
 from dockyard.http.ranges import parse_range
+from dockyard.http.sendfile import SendfileResponse
 from dockyard.registry.digests import Digest
 
 OCTET_STREAM = "application/octet-stream"
@@ -28,28 +28,14 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     if info.redirect is not None:
         return web.Response(status=307, headers={**headers, "Location": info.redirect})
     span = parse_range(request.headers.get("Range"), info.size)
-    if info.path is not None:
-        # FileResponse sends with sendfile(2); hand it exactly the range we validated.
-        clean = CIMultiDict(request.headers)
-        clean.pop("Range", None)
-        if span is not None:
-            clean["Range"] = f"bytes={span[0]}-{span[1]}"
-        for conditional in (
-            "If-Range",
-            "If-Match",
-            "If-None-Match",
-            "If-Modified-Since",
-            "If-Unmodified-Since",
-        ):
-            clean.pop(conditional, None)
-        file_response = web.FileResponse(info.path, headers=headers)
-        await file_response.prepare(request.clone(headers=clean))
-        return file_response
     start, end = span if span is not None else (0, info.size - 1)
-    response = web.StreamResponse(status=206 if span else 200, headers=headers)
-    response.content_length = end - start + 1
     if span is not None:
-        response.headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
+        headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
+    status = 206 if span is not None else 200
+    if info.path is not None:
+        return SendfileResponse(info.path, start, end - start + 1, status=status, headers=headers)
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_length = end - start + 1
     await response.prepare(request)
     async for data in registry(request).read_blob(digest, start, end - start + 1):
         await response.write(data)
