@@ -6,7 +6,7 @@ import re
 
 from dockyard.registry import errors
 
-_SPEC = re.compile(r"^\s*(\d{0,19})\s*-\s*(\d{0,19})\s*$")
+_SPEC = re.compile(r"[ \t]*([0-9]{0,19})[ \t]*-[ \t]*([0-9]{0,19})[ \t]*")
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -21,7 +21,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     unit, _, spec = header.partition("=")
     if unit.strip().lower() != "bytes" or "," in spec:
         return None
-    m = _SPEC.match(spec)
+    m = _SPEC.fullmatch(spec)
     if not m or (not m.group(1) and not m.group(2)):
         return None
     first, last = m.group(1), m.group(2)

@@ -14,7 +14,7 @@ ALGORITHMS: dict[str, int] = {"sha256": 64, "sha512": 128}
 DEFAULT_ALGORITHM = "sha256"
 
 # image-spec grammar: algorithm ":" encoded
-_GRAMMAR = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+_GRAMMAR = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 
 
 class Hasher(Protocol):
@@ -30,7 +30,7 @@ class Digest:
     @classmethod
     def parse(cls, text: str) -> Digest:
         """Validate a digest string; registered algorithms only, lowercase hex of the right length."""
-        if len(text) > 256 or not _GRAMMAR.match(text):
+        if len(text) > 256 or not _GRAMMAR.fullmatch(text):
             raise errors.RegistryError(errors.DIGEST_INVALID, message=f"invalid digest {text[:80]!r}")
         algorithm, encoded = text.split(":", 1)
         expected = ALGORITHMS.get(algorithm)

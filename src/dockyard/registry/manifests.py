@@ -71,7 +71,7 @@ class Descriptor:
         artifact_type = value.get("artifactType")
         if artifact_type is not None and not isinstance(artifact_type, str):
             raise _invalid(f"{where}.artifactType must be a string")
-        urls = value.get("urls") or []
+        urls = value.get("urls", [])
         if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
             raise _invalid(f"{where}.urls must be a list of strings")
         return cls(
@@ -170,7 +170,8 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
         media_type = OCI_INDEX if "manifests" in doc else OCI_MANIFEST
     if media_type not in MANIFEST_TYPES:
         raise _invalid(f"unsupported manifest media type {media_type[:100]!r}")
-    if doc.get("schemaVersion") != 2:
+    version = doc.get("schemaVersion")
+    if type(version) is not int or version != 2:
         raise _invalid("schemaVersion must be 2")
     artifact_type = doc.get("artifactType")
     if artifact_type is not None and (not isinstance(artifact_type, str) or not artifact_type):

@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from dockyard.registry import errors
 from dockyard.registry.digests import Digest
 
-_NAME = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$")
-_TAG = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
+_NAME = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*")
+_TAG = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
 MAX_NAME_LENGTH = 255
 
 
 def parse_name(text: str) -> str:
     """A repository name that matches the spec's expression; it never holds `..` or `/` at an end."""
-    if len(text) > MAX_NAME_LENGTH or not _NAME.match(text):
+    if len(text) > MAX_NAME_LENGTH or not _NAME.fullmatch(text):
         raise errors.RegistryError(
             errors.NAME_INVALID, detail={"name": text[:300]}, message="invalid repository name"
         )
@@ -23,7 +23,7 @@ def parse_name(text: str) -> str:
 
 
 def is_tag(text: str) -> bool:
-    return bool(_TAG.match(text))
+    return bool(_TAG.fullmatch(text))
 
 
 def parse_tag(text: str) -> str:

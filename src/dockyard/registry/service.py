@@ -19,7 +19,8 @@ from dockyard.registry.ports import BlobStore, ManifestRecord, MetadataStore, Up
 from dockyard.registry.uploads import ChunkRange, LiveHashers, UploadOutOfOrder
 
 Body = AsyncIterator[bytes]
-_UPLOAD_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_UPLOAD_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_PAGE_SIZE = re.compile(r"[0-9]{1,18}")
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,7 @@ class Registry:
         """The page size a client asked for (``n``), capped; pagination goes on by ``Link``."""
         if n is None or n == "":
             return self.policy.max_page_size
-        if not n.isdigit() or len(n) > 18:
+        if not _PAGE_SIZE.fullmatch(n):
             raise errors.RegistryError(errors.PAGINATION_INVALID, detail={"n": n[:40]})
         return min(int(n), self.policy.max_page_size)
 
@@ -357,7 +358,7 @@ class Registry:
         return len(stale)
 
     async def _session(self, repository: str, upload_id: str) -> UploadSession:
-        if not _UPLOAD_ID.match(upload_id):
+        if not _UPLOAD_ID.fullmatch(upload_id):
             raise errors.RegistryError(errors.BLOB_UPLOAD_UNKNOWN, detail={"uuid": upload_id[:64]})
         session = await self.meta.get_upload(upload_id)
         if session is None or session.repository != repository:

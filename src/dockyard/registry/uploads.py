@@ -10,7 +10,7 @@ from dockyard.registry import errors
 from dockyard.registry.digests import Hasher
 from dockyard.registry.ports import UploadSession
 
-_CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?(\d{1,19})-(\d{1,19})(?:/(?:\d{1,19}|\*))?$")
+_CONTENT_RANGE = re.compile(r"(?:bytes[ =])?([0-9]{1,19})-([0-9]{1,19})(?:/(?:[0-9]{1,19}|\*))?")
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class ChunkRange:
 
     @classmethod
     def parse(cls, text: str) -> ChunkRange:
-        m = _CONTENT_RANGE.match(text.strip())
+        m = _CONTENT_RANGE.fullmatch(text.strip())
         if not m:
             raise errors.RegistryError(
                 errors.BLOB_UPLOAD_INVALID, message=f"invalid Content-Range {text[:80]!r}"
