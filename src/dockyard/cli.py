@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from dockyard import __version__
-from dockyard.config import load_settings
+from dockyard.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from dockyard.fsck import FsckReport
 
 
 @click.group()
@@ -35,7 +42,59 @@ def serve(listen: str | None, data_dir: Path | None, workers: int | None, config
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         run(settings)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {settings.listen}: {exc.strerror}") from exc
+
+
+def _settings(config_file: Path | None, data_dir: Path | None) -> Settings:
+    try:
+        return load_settings(config_file, data_dir=data_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), help="the registry's data directory")
+@click.option(
+    "--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), help="YAML settings file"
+)
+@click.option("--repair", is_flag=True, help="remove damage and orphans older than the grace period")
+@click.option(
+    "--grace-seconds", type=float, default=3600.0, show_default=True, help="orphans younger are kept"
+)
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+def fsck(
+    data_dir: Path | None, config_file: Path | None, repair: bool, grace_seconds: float, as_json: bool
+) -> None:
+    """Check a data directory: blobs hash to their digests, records have their bytes."""
+    from dockyard.fsck import fsck as run_fsck
+    from dockyard.wiring import build_registry
+
+    settings = _settings(config_file, data_dir)
+    if not settings.data_dir.is_dir():
+        raise click.ClickException(f"{settings.data_dir} is not a directory")
+
+    async def run() -> FsckReport:
+        core = build_registry(settings)
+        await core.meta.open()
+        try:
+            return await run_fsck(core, repair=repair, grace_seconds=grace_seconds)
+        finally:
+            await core.meta.close()
+
+    report = asyncio.run(run())
+    data = report.as_dict()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(f"checked {report.blobs_checked} blobs, {report.bytes_checked} bytes")
+        for key, value in data.items():
+            if isinstance(value, list) and value:
+                click.echo(f"{key.replace('_', ' ')}: {len(value)}")
+                for item in value[:50]:
+                    click.echo(f"  {item}")
+        click.echo("clean" if report.clean else "DAMAGE FOUND")
+    sys.exit(0 if report.clean or repair else 1)

@@ -13,9 +13,8 @@ from dockyard.config import Settings
 from dockyard.http import blobs, discovery, manifests, uploads
 from dockyard.http.common import REGISTRY
 from dockyard.http.errors import API_VERSION_HEADER, Handler, error_middleware
-from dockyard.metadata.store import SqlMetadataStore
-from dockyard.registry.service import Policy, Registry
-from dockyard.storage.filesystem import FilesystemBlobStore
+from dockyard.registry.service import Registry
+from dockyard.wiring import build_registry
 
 log = logging.getLogger("dockyard")
 
@@ -44,17 +43,6 @@ ROUTES: list[tuple[str, str, Handler]] = [
 ]
 
 
-def policy_from(settings: Settings) -> Policy:
-    return Policy(
-        delete_enabled=settings.delete_enabled,
-        manifest_max_bytes=settings.manifest_max_bytes,
-        index_requires_children=settings.index_requires_children,
-        upload_ttl_seconds=settings.upload_ttl_seconds,
-        max_uploads_per_repository=settings.max_uploads_per_repository,
-        max_page_size=settings.max_page_size,
-    )
-
-
 async def _purge_loop(core: Registry, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
@@ -72,19 +60,17 @@ def create_app(settings: Settings) -> web.Application:
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    meta = SqlMetadataStore(settings.metadata_url)
-    core = Registry(FilesystemBlobStore(settings.data_dir), meta, policy_from(settings))
+    core = build_registry(settings)
     app[REGISTRY] = core
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        await meta.open()
+        await core.meta.open()
         purger = asyncio.create_task(_purge_loop(core, settings.upload_purge_interval_seconds))
         yield
         purger.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await purger
-        await meta.close()
+        await core.meta.close()
 
     app.cleanup_ctx.append(lifecycle)
 

@@ -96,6 +96,7 @@ uploads = Table(
     Column("algorithm", String(32), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("owner", String(255)),
     Column("backend_state", Text, nullable=False),
     Index("ix_uploads_repository", "repository"),
     Index("ix_uploads_updated_at", "updated_at"),

@@ -11,13 +11,25 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, and_, delete, event, func, select, update
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Row, and_, delete, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from dockyard.metadata import schema as s
 from dockyard.registry.digests import Digest
-from dockyard.registry.ports import ManifestRecord, ManifestRef, UploadSession
+from dockyard.registry.ports import ManifestRecord, ManifestRef, TagRecord, UploadSession
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def upgrade_schema(connection: Connection) -> None:
+    """Bring the schema to the newest revision (Alembic), inside the caller's transaction."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
 
 
 def _record(row: Row[Any]) -> ManifestRecord:
@@ -39,6 +51,7 @@ def _session(row: Row[Any]) -> UploadSession:
         algorithm=row.algorithm,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        owner=row.owner,
         backend_state=json.loads(row.backend_state),
     )
 
@@ -67,7 +80,7 @@ class SqlMetadataStore:
         else:
             self._read = self._write = create_async_engine(self.url, pool_pre_ping=True)
         async with self._write.begin() as conn:
-            await conn.run_sync(s.metadata.create_all)
+            await conn.run_sync(upgrade_schema)
 
     def _sqlite_engine(self, immediate: bool) -> AsyncEngine:
         engine = create_async_engine(self.url, connect_args={"timeout": 60})
@@ -319,6 +332,7 @@ class SqlMetadataStore:
                     algorithm=session.algorithm,
                     created_at=session.created_at,
                     updated_at=session.updated_at,
+                    owner=session.owner,
                     backend_state=json.dumps(session.backend_state),
                 )
             )
@@ -353,6 +367,46 @@ class SqlMetadataStore:
         q = select(s.uploads).where(s.uploads.c.updated_at < updated_before).limit(1000)
         async with self._read.connect() as conn:
             return [_session(row) for row in await conn.execute(q)]
+
+    # -- whole-store views ----------------------------------------------------------------------------
+
+    async def iter_blobs(self) -> AsyncIterator[tuple[Digest, int]]:
+        async with self._read.connect() as conn:
+            result = await conn.stream(select(s.blobs.c.digest, s.blobs.c.size).order_by(s.blobs.c.digest))
+            async for row in result:
+                yield Digest.parse(row.digest), row.size
+
+    async def manifest_digests(self) -> set[Digest]:
+        async with self._read.connect() as conn:
+            rows = await conn.execute(select(s.manifests.c.digest).distinct())
+            return {Digest.parse(d) for d in rows.scalars()}
+
+    async def dangling_tags(self) -> list[TagRecord]:
+        m = s.manifests
+        q = select(s.tags).where(
+            ~select(m.c.digest)
+            .where(m.c.repository == s.tags.c.repository, m.c.digest == s.tags.c.digest)
+            .exists()
+        )
+        async with self._read.connect() as conn:
+            return [TagRecord(r.repository, r.name, Digest.parse(r.digest)) for r in await conn.execute(q)]
+
+    async def unrecorded_links(self) -> list[tuple[str, Digest]]:
+        link = s.repository_blobs
+        q = select(link.c.repository, link.c.digest).where(
+            ~select(s.blobs.c.digest).where(s.blobs.c.digest == link.c.digest).exists()
+        )
+        async with self._read.connect() as conn:
+            return [(r.repository, Digest.parse(r.digest)) for r in await conn.execute(q)]
+
+    async def upload_ids(self) -> set[str]:
+        async with self._read.connect() as conn:
+            return set((await conn.execute(select(s.uploads.c.id))).scalars())
+
+    async def forget_blob(self, digest: Digest) -> None:
+        async with self._write.begin() as conn:
+            await conn.execute(delete(s.repository_blobs).where(s.repository_blobs.c.digest == str(digest)))
+            await conn.execute(delete(s.blobs).where(s.blobs.c.digest == str(digest)))
 
     @asynccontextmanager
     async def lock_upload(self, upload_id: str) -> AsyncIterator[bool]:

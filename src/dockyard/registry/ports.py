@@ -48,7 +48,15 @@ class UploadSession:
     algorithm: str = "sha256"
     created_at: float = 0.0
     updated_at: float = 0.0
+    owner: str | None = None  # the identity that opened it (sessions are not transferable)
     backend_state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TagRecord:
+    repository: str
+    tag: str
+    digest: Digest
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,6 +121,14 @@ class BlobStore(Protocol):
 
     def iter_digests(self) -> AsyncIterator[Digest]:
         """Every digest stored (for fsck and GC)."""
+        ...
+
+    async def age(self, digest: Digest) -> float | None:
+        """Seconds since the bytes were stored, or None when absent."""
+        ...
+
+    async def staging_ids(self) -> list[str]:
+        """The upload ids that have a staging area."""
         ...
 
 
@@ -185,6 +201,29 @@ class MetadataStore(Protocol):
     async def count_uploads(self, repository: str) -> int: ...
 
     async def stale_uploads(self, updated_before: float) -> list[UploadSession]: ...
+
+    # whole-store views (fsck, GC)
+    def iter_blobs(self) -> AsyncIterator[tuple[Digest, int]]:
+        """Every blob the registry has recorded, with its size."""
+        ...
+
+    async def manifest_digests(self) -> set[Digest]:
+        """Every manifest digest recorded in any repository."""
+        ...
+
+    async def dangling_tags(self) -> list[TagRecord]:
+        """Tags whose manifest is not recorded in their repository (must never exist)."""
+        ...
+
+    async def unrecorded_links(self) -> list[tuple[str, Digest]]:
+        """Repository links to blobs with no blob record (must never exist)."""
+        ...
+
+    async def upload_ids(self) -> set[str]: ...
+
+    async def forget_blob(self, digest: Digest) -> None:
+        """Drop a blob's record and every repository's link to it."""
+        ...
 
     def lock_upload(self, upload_id: str) -> AbstractAsyncContextManager[bool]:
         """Try to become the session's one writer; yields False when another writer holds it.

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -130,6 +131,12 @@ class FilesystemBlobStore:
                 for entry in sorted(prefix.iterdir()):
                     yield Digest(algorithm, entry.name)
 
+    async def age(self, digest: Digest) -> float | None:
+        try:
+            return time.time() - os.stat(self._path(digest)).st_mtime
+        except FileNotFoundError:
+            return None
+
     # -- staging -----------------------------------------------------------------------------------
 
     def _staging(self, session: UploadSession) -> Path:
@@ -179,6 +186,9 @@ class FilesystemBlobStore:
                 f.truncate(session.offset)
             os.fsync(f.fileno())
         self._move_into_place(path, self._path(digest))
+
+    async def staging_ids(self) -> list[str]:
+        return sorted(entry.name for entry in self._uploads.iterdir() if entry.is_dir())
 
     async def staging_delete(self, session: UploadSession) -> None:
         await asyncio.to_thread(shutil.rmtree, self._uploads / session.id, True)
