@@ -236,20 +236,30 @@ def test_reference_in_tag_form_is_a_tag(text: str) -> None:
     "text",
     [
         "",
+        "-bad",
+        "a" * 129,
+        "v1\n",
+    ],
+)
+def test_invalid_tag_reference_is_manifest_invalid(text: str) -> None:
+    with raises_registry_error("MANIFEST_INVALID", 400):
+        Reference.parse(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
         "sha256:abc",
         "sha256:" + "A" * 64,
         "md5:" + "0" * 32,
         "sha256:",
         ":latest",
         "latest:",
-        "-bad",
-        "a" * 129,
-        "v1\n",
         "sha256:" + "0" * 64 + "\n",
     ],
 )
-def test_invalid_reference_is_manifest_invalid(text: str) -> None:
-    with raises_registry_error("MANIFEST_INVALID", 400):
+def test_invalid_digest_reference_is_digest_invalid(text: str) -> None:
+    with raises_registry_error("DIGEST_INVALID", 400):
         Reference.parse(text)
 
 
@@ -258,7 +268,8 @@ def test_reference_is_a_tag_or_a_digest_or_manifest_invalid(text: str) -> None:
     try:
         ref = Reference.parse(text)
     except RegistryError as exc:
-        assert (exc.error.code, exc.status) == ("MANIFEST_INVALID", 400)
+        expected = "DIGEST_INVALID" if ":" in text else "MANIFEST_INVALID"
+        assert (exc.error.code, exc.status) == (expected, 400)
         assert not spec_allows_tag(text)
         return
     assert (ref.tag is None) != (ref.digest is None)

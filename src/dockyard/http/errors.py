@@ -9,7 +9,7 @@ from aiohttp import web
 
 from dockyard.http.common import json_response, session_headers
 from dockyard.registry import errors
-from dockyard.registry.uploads import UploadOutOfOrder
+from dockyard.registry.uploads import SessionError
 
 log = logging.getLogger("dockyard.http")
 
@@ -20,7 +20,7 @@ API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
 
 def error_response(exc: errors.RegistryError, method: str = "GET") -> web.Response:
     headers = dict(exc.headers)
-    if isinstance(exc, UploadOutOfOrder):
+    if isinstance(exc, SessionError):
         headers.update(session_headers(exc.session))
     return json_response(exc.body(), status=exc.status, headers=headers)
 
@@ -48,6 +48,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         response = _http_error(exc)
+    except ConnectionError as exc:
+        # The client went away (mid-body, usually): its doing, not ours. Nobody reads this answer.
+        log.info("%s %s: connection lost (%s)", request.method, request.path, exc)
+        response = error_response(
+            errors.RegistryError(errors.BLOB_UPLOAD_INVALID, message="connection lost before the body ended")
+        )
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = error_response(errors.RegistryError(errors.INTERNAL))

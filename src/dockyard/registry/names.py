@@ -42,10 +42,7 @@ class Reference:
     @classmethod
     def parse(cls, text: str) -> Reference:
         if Digest.is_digest(text):
-            try:
-                return cls(digest=Digest.parse(text))
-            except errors.RegistryError as exc:
-                raise errors.RegistryError(errors.REFERENCE_INVALID, message=str(exc)) from None
+            return cls(digest=Digest.parse(text))  # DIGEST_INVALID when malformed
         return cls(tag=parse_tag(text))
 
     def __str__(self) -> str:

@@ -16,7 +16,7 @@ from dockyard.registry.digests import DEFAULT_ALGORITHM, Digest, Hasher, check_a
 from dockyard.registry.manifests import ParsedManifest, parse_manifest
 from dockyard.registry.names import Reference, parse_tag
 from dockyard.registry.ports import BlobStore, ManifestRecord, MetadataStore, UploadSession
-from dockyard.registry.uploads import ChunkRange, LiveHashers, UploadOutOfOrder
+from dockyard.registry.uploads import ChunkRange, LiveHashers, SessionError, UploadOutOfOrder
 
 Body = AsyncIterator[bytes]
 _UPLOAD_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -404,8 +404,8 @@ class Registry:
             writer = await self.blobs.staging_open(session)
             async for data in body:
                 if expected is not None and received + len(data) > expected:
-                    raise errors.RegistryError(
-                        errors.SIZE_INVALID, message="the body is longer than its declared length"
+                    raise SessionError(
+                        errors.SIZE_INVALID, session, "the body is longer than its declared length"
                     )
                 await writer.write(data)
                 if hasher is not None:

@@ -39,12 +39,19 @@ class ChunkRange:
         return cls(start, end)
 
 
-class UploadOutOfOrder(errors.RegistryError):
-    """A 416 that tells the client where the session stands (Location, Range)."""
+class SessionError(errors.RegistryError):
+    """An error about an upload session that also tells where the session stands."""
+
+    def __init__(self, error: errors.ErrorCode, session: UploadSession, message: str) -> None:
+        super().__init__(error, message=message)
+        self.session = session
+
+
+class UploadOutOfOrder(SessionError):
+    """A 416 with Location and Range, so the client can continue at once."""
 
     def __init__(self, session: UploadSession, message: str) -> None:
-        super().__init__(errors.UPLOAD_RANGE_INVALID, message=message)
-        self.session = session
+        super().__init__(errors.UPLOAD_RANGE_INVALID, session, message)
 
 
 def range_header(offset: int) -> str:

@@ -1,0 +1,184 @@
+"""Sessions are state, not memory (ARCHITECTURE.md invariant 3): restarts, workers, expiry."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from tests.support.api_helpers import (
+    api_client,
+    assert_error,
+    digest_of,
+    open_session,
+    session_offset,
+)
+from tests.support.server import DockyardServer
+
+StartServer = Callable[..., DockyardServer]
+
+
+def _patch(client: httpx.Client, location: str, data: bytes, start: int) -> httpx.Response:
+    return client.patch(location, content=data, headers={"Content-Range": f"{start}-{start + len(data) - 1}"})
+
+
+def test_session_survives_kill_9_and_restart_on_the_same_data_dir(start_server: StartServer) -> None:
+    server = start_server(workers=2)
+    repo = "restart/blob"
+    data = os.urandom(2_500_000)
+    digest = digest_of(data)
+    with api_client(server.url) as client:
+        location = open_session(client, repo)
+        assert _patch(client, location, data[:1_000_000], 0).status_code == 202
+        assert _patch(client, location, data[1_000_000:1_800_000], 1_000_000).status_code == 202
+    server.kill()
+    server.restart()
+    with api_client(server.url) as client:
+        assert session_offset(client, location) == 1_800_000
+        r = client.put(
+            location,
+            params={"digest": digest},
+            content=data[1_800_000:],
+            headers={"Content-Range": f"1800000-{len(data) - 1}"},
+        )
+        assert r.status_code == 201, r.text
+        got = client.get(f"/v2/{repo}/blobs/{digest}")
+        assert got.status_code == 200
+        assert digest_of(got.content) == digest
+
+
+def test_published_content_survives_kill_9(start_server: StartServer) -> None:
+    server = start_server(workers=1)
+    repo = "restart/published"
+    with api_client(server.url) as client:
+        digest = digest_of(b"durable")
+        r = client.post(f"/v2/{repo}/blobs/uploads/", params={"digest": digest}, content=b"durable")
+        assert r.status_code == 201
+    server.restart()
+    with api_client(server.url) as client:
+        assert client.get(f"/v2/{repo}/blobs/{digest}").content == b"durable"
+
+
+def test_session_requests_over_fresh_connections_work_on_any_of_two_workers(
+    start_server: StartServer,
+) -> None:
+    server = start_server(workers=2)
+    repo = "workers/chunks"
+    data = os.urandom(16 * 4_096)
+    digest = digest_of(data)
+    with api_client(server.url) as client:
+        location = open_session(client, repo)
+    for i in range(16):
+        # A new client per request: a new connection each time, so either worker may answer.
+        with api_client(server.url) as client:
+            start = i * 4_096
+            r = _patch(client, location, data[start : start + 4_096], start)
+            assert r.status_code == 202, (i, r.text)
+            assert r.headers["location"] == location
+        with api_client(server.url) as client:
+            assert session_offset(client, location) == start + 4_096
+    with api_client(server.url) as client:
+        r = client.put(location, params={"digest": digest})
+        assert r.status_code == 201, r.text
+    for _ in range(6):
+        with api_client(server.url) as client:
+            got = client.get(f"/v2/{repo}/blobs/{digest}")
+            assert got.status_code == 200
+            assert digest_of(got.content) == digest
+
+
+def test_idle_upload_session_expires_and_its_staging_is_removed(start_server: StartServer) -> None:
+    server = start_server(
+        workers=1,
+        env={"DOCKYARD_UPLOAD_TTL_SECONDS": "1", "DOCKYARD_UPLOAD_PURGE_INTERVAL_SECONDS": "0.5"},
+    )
+    repo = "expiry/blob"
+    with api_client(server.url) as client:
+        location = open_session(client, repo)
+        uuid = location.rsplit("/", 1)[1]
+        assert _patch(client, location, b"staged bytes", 0).status_code == 202
+        staging = server.data_dir / "uploads" / uuid
+        assert staging.is_dir()
+        time.sleep(3.0)  # idle for three TTLs: several purge passes have run
+        assert_error(client.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
+        assert not staging.exists(), list(staging.iterdir())
+        assert_error(_patch(client, location, b"more", 12), 404, "BLOB_UPLOAD_UNKNOWN")
+
+
+def test_active_upload_session_does_not_expire_while_chunks_keep_coming(start_server: StartServer) -> None:
+    server = start_server(
+        workers=1,
+        env={"DOCKYARD_UPLOAD_TTL_SECONDS": "1", "DOCKYARD_UPLOAD_PURGE_INTERVAL_SECONDS": "0.2"},
+    )
+    repo = "expiry/active"
+    data = os.urandom(6 * 100)
+    with api_client(server.url) as client:
+        location = open_session(client, repo)
+        for i in range(6):  # 6 chunks, 0.3 s apart: longer than the TTL in total, never idle for it
+            assert _patch(client, location, data[i * 100 : (i + 1) * 100], i * 100).status_code == 202
+            time.sleep(0.3)
+        r = client.put(location, params={"digest": digest_of(data)})
+        assert r.status_code == 201, r.text
+
+
+def test_kill_9_during_a_streaming_patch_keeps_the_last_persisted_offset(start_server: StartServer) -> None:
+    server = start_server(workers=1)
+    repo = "restart/midstream"
+    data = os.urandom(12_000_000)
+    digest = digest_of(data)
+    with api_client(server.url) as client:
+        location = open_session(client, repo)
+        assert _patch(client, location, data[:1_000_000], 0).status_code == 202
+    staged = server.data_dir / "uploads" / location.rsplit("/", 1)[1] / "data"
+    head = (
+        f"PATCH {location} HTTP/1.1\r\nHost: {server.host}\r\n"
+        f"Content-Type: application/octet-stream\r\nContent-Length: {len(data) - 1_000_000}\r\n\r\n"
+    ).encode()
+    sent = 9_000_000
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head + data[1_000_000 : 1_000_000 + sent])
+        # Wait until the doomed PATCH has put bytes on disk past the persisted offset, then crash.
+        deadline = time.monotonic() + 10
+        while staged.stat().st_size <= 1_000_000:
+            assert time.monotonic() < deadline, "the streaming PATCH never reached the disk"
+            time.sleep(0.02)
+        server.kill()
+    server.restart()
+    with api_client(server.url) as client:
+        offset = session_offset(client, location)
+        assert 1_000_000 <= offset <= 1_000_000 + sent
+        r = client.put(
+            location,
+            params={"digest": digest},
+            content=data[offset:],
+            headers={"Content-Range": f"{offset}-{len(data) - 1}"},
+        )
+        assert r.status_code == 201, r.text
+        assert digest_of(client.get(f"/v2/{repo}/blobs/{digest}").content) == digest
+
+
+def _push_chunked(base_url: str, repo: str, data: bytes) -> str:
+    digest = digest_of(data)
+    with api_client(base_url) as client:
+        location = open_session(client, repo)
+        half = len(data) // 2
+        assert _patch(client, location, data[:half], 0).status_code == 202
+        r = client.put(location, params={"digest": digest}, content=data[half:])
+        assert r.status_code == 201, r.text
+    return digest
+
+
+def test_concurrent_pushes_over_two_workers_all_succeed(registry_server: DockyardServer) -> None:
+    repo = f"workers/concurrent-{uuid.uuid4().hex[:8]}"
+    shared = os.urandom(200_000)
+    blobs = [os.urandom(100_000 + i) for i in range(12)] + [shared] * 6
+    with ThreadPoolExecutor(max_workers=9) as pool:
+        digests = list(pool.map(lambda b: _push_chunked(registry_server.url, repo, b), blobs))
+    with api_client(registry_server.url) as client:
+        for data, digest in zip(blobs, digests, strict=True):
+            assert client.get(f"/v2/{repo}/blobs/{digest}").content == data
