@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dockyard.failpoints import crash_point
 from dockyard.registry import errors
 from dockyard.registry.digests import DEFAULT_ALGORITHM, Digest, Hasher, check_algorithm, new_hasher
 from dockyard.registry.manifests import ParsedManifest, parse_manifest
@@ -21,6 +22,7 @@ from dockyard.registry.uploads import ChunkRange, LiveHashers, SessionError, Upl
 Body = AsyncIterator[bytes]
 _UPLOAD_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _PAGE_SIZE = re.compile(r"[0-9]{1,18}")
+_CRASH_AFTER_BYTES = 1 << 20  # where the "patch.mid_body" crash point fires
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,10 @@ class Registry:
 
     async def delete_blob(self, repository: str, digest: Digest) -> None:
         self._check_delete_enabled()
-        if not await self.meta.unlink_blob(repository, digest):
+        crash_point("delete.before")
+        unlinked = await self.meta.unlink_blob(repository, digest)
+        crash_point("delete.after")
+        if not unlinked:
             raise errors.RegistryError(errors.BLOB_UNKNOWN, detail={"digest": str(digest)})
 
     # -- manifests -----------------------------------------------------------------------------
@@ -170,7 +175,9 @@ class Registry:
             await self.blobs.put(digest, body)
         except OSError as exc:
             raise _storage_error(exc) from exc
+        crash_point("manifest.before_record")
         await self.meta.put_manifest(repository, parsed.record(digest, len(body)), parsed.refs(), tags)
+        crash_point("manifest.after_record")
         self._manifests.put(digest, body)
         return PushedManifest(digest, tags, parsed.subject.digest if parsed.subject else None)
 
@@ -213,11 +220,13 @@ class Registry:
         self._check_delete_enabled()
         if not await self.meta.repository_exists(repository):
             raise errors.RegistryError(errors.NAME_UNKNOWN, detail={"name": repository})
+        crash_point("delete.before")
         if reference.tag is not None:
             deleted = await self.meta.delete_tag(repository, reference.tag)
         else:
             assert reference.digest is not None
             deleted = await self.meta.delete_manifest(repository, reference.digest)
+        crash_point("delete.after")
         if not deleted:
             raise errors.RegistryError(errors.MANIFEST_UNKNOWN, detail={"reference": str(reference)})
 
@@ -411,6 +420,8 @@ class Registry:
                 if hasher is not None:
                     hasher.update(data)
                 received += len(data)
+                if received >= _CRASH_AFTER_BYTES:
+                    crash_point("patch.mid_body")
         except OSError as exc:
             raise _storage_error(exc) from exc
         finally:
@@ -423,6 +434,7 @@ class Registry:
                     hasher = None
             session.offset = size
             session.updated_at = self._clock()
+            crash_point("patch.before_save")
             await self.meta.save_upload(session)
             if hasher is not None and size == start + received:
                 self._hashers.keep(session, hasher)
@@ -449,10 +461,13 @@ class Registry:
                     detail={"digest": str(digest)},
                     message=f"uploaded content does not match digest {digest}",
                 )
+            crash_point("commit.before_move")
             try:
                 await self.blobs.staging_commit(session, digest)
             except OSError as exc:
                 raise _storage_error(exc) from exc
+            crash_point("commit.after_move")
             size = session.offset
         await self.meta.link_blob(session.repository, digest, size)
+        crash_point("commit.after_link")
         await self._discard(session)
