@@ -2,7 +2,7 @@
 # Install what the tests need, then run them: lint, types, and the whole pytest suite.
 #   bash scripts/test.sh [pytest args...]
 # Python deps go into ./.venv (PEP 668 safe). As root on Debian/Ubuntu, the real clients the
-# interop tests drive (skopeo) are installed with apt-get. With CI=true a missing tool fails
+# interop tests drive (skopeo, podman, buildah, containerd) are installed with apt-get. With CI=true a missing tool fails
 # its tests instead of skipping them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +15,10 @@ fi
 .venv/bin/python -m pip install --quiet -e '.[test]'
 
 need_apt=()
-command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
+for tool in skopeo podman buildah; do
+  command -v "$tool" >/dev/null 2>&1 || need_apt+=("$tool")
+done
+command -v ctr >/dev/null 2>&1 || need_apt+=(containerd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${need_apt[*]} with apt-get"
