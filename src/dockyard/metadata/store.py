@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -13,7 +14,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Row, and_, delete, event, func, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, delete, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -32,15 +33,74 @@ def upgrade_schema(connection: Connection) -> None:
     command.upgrade(config, "head")
 
 
-def _record(row: Row[Any]) -> ManifestRecord:
+def _record(row: Row[Any] | sqlite3.Row) -> ManifestRecord:
+    m: Any = row._mapping if isinstance(row, Row) else row
     return ManifestRecord(
-        digest=Digest.parse(row.digest),
-        media_type=row.media_type,
-        size=row.size,
-        artifact_type=row.artifact_type,
-        subject=Digest.parse(row.subject) if row.subject else None,
-        annotations=json.loads(row.annotations) if row.annotations else None,
+        digest=Digest.parse(m["digest"]),
+        media_type=m["media_type"],
+        size=m["size"],
+        artifact_type=m["artifact_type"],
+        subject=Digest.parse(m["subject"]) if m["subject"] else None,
+        annotations=json.loads(m["annotations"]) if m["annotations"] else None,
     )
+
+
+# The pull hot path's queries, defined once. On SQLite they also run on a plain sqlite3
+# connection in the event loop thread: a primary-key read there takes microseconds, where the
+# async driver's thread hop costs far more than the query.
+_LINKED_SIZE = (
+    select(s.blobs.c.size)
+    .join(s.repository_blobs, s.repository_blobs.c.digest == s.blobs.c.digest)
+    .where(
+        s.repository_blobs.c.repository == bindparam("repository"), s.blobs.c.digest == bindparam("digest")
+    )
+)
+_MANIFEST = select(s.manifests).where(
+    s.manifests.c.repository == bindparam("repository"), s.manifests.c.digest == bindparam("digest")
+)
+_TAGGED_MANIFEST = (
+    select(s.manifests)
+    .join(
+        s.tags, and_(s.tags.c.repository == s.manifests.c.repository, s.tags.c.digest == s.manifests.c.digest)
+    )
+    .where(s.tags.c.repository == bindparam("repository"), s.tags.c.name == bindparam("tag"))
+)
+_SQLITE_NAMED = sqlite.dialect(paramstyle="named")
+
+
+def _sqlite_sql(statement: Any) -> str:
+    return str(statement.compile(dialect=_SQLITE_NAMED))
+
+
+class _SqliteHotReads:
+    """Synchronous reads of the pull hot path on SQLite (WAL readers never wait for writers)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._pid = -1
+        self._conn: sqlite3.Connection | None = None
+        self._sql = {
+            name: _sqlite_sql(q)
+            for name, q in (("size", _LINKED_SIZE), ("manifest", _MANIFEST), ("tag", _TAGGED_MANIFEST))
+        }
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():  # never share a connection across fork
+            self._conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA busy_timeout=5000")
+            self._conn.execute("PRAGMA query_only=1")
+            self._pid = os.getpid()
+        return self._conn
+
+    def one(self, name: str, params: dict[str, str]) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self._connection().execute(self._sql[name], params).fetchone()
+        return row
+
+    def close(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            self._conn.close()
+        self._conn = None
 
 
 def _session(row: Row[Any]) -> UploadSession:
@@ -66,6 +126,7 @@ class SqlMetadataStore:
         self._read: AsyncEngine
         self._write: AsyncEngine
         self._lock_dir: Path | None = None
+        self._hot: _SqliteHotReads | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -77,6 +138,7 @@ class SqlMetadataStore:
             self._lock_dir.mkdir(exist_ok=True)
             self._read = self._sqlite_engine(immediate=False)
             self._write = self._sqlite_engine(immediate=True)
+            self._hot = _SqliteHotReads(path)
         else:
             self._read = self._write = create_async_engine(self.url, pool_pre_ping=True)
         async with self._write.begin() as conn:
@@ -101,6 +163,8 @@ class SqlMetadataStore:
         return engine
 
     async def close(self) -> None:
+        if self._hot is not None:
+            self._hot.close()
         await self._read.dispose()
         if self._write is not self._read:
             await self._write.dispose()
@@ -130,13 +194,12 @@ class SqlMetadataStore:
             return list((await conn.execute(q)).scalars())
 
     async def linked_blob_size(self, repository: str, digest: Digest) -> int | None:
-        q = (
-            select(s.blobs.c.size)
-            .join(s.repository_blobs, s.repository_blobs.c.digest == s.blobs.c.digest)
-            .where(s.repository_blobs.c.repository == repository, s.blobs.c.digest == str(digest))
-        )
+        params = {"repository": repository, "digest": str(digest)}
+        if self._hot is not None:
+            row = self._hot.one("size", params)
+            return None if row is None else int(row[0])
         async with self._read.connect() as conn:
-            return (await conn.execute(q)).scalar()
+            return (await conn.execute(_LINKED_SIZE, params)).scalar()
 
     async def blob_size(self, digest: Digest) -> int | None:
         q = (
@@ -247,27 +310,20 @@ class SqlMetadataStore:
                 )
 
     async def get_manifest(self, repository: str, digest: Digest) -> ManifestRecord | None:
-        q = select(s.manifests).where(
-            s.manifests.c.repository == repository, s.manifests.c.digest == str(digest)
+        return await self._one_manifest(
+            "manifest", _MANIFEST, {"repository": repository, "digest": str(digest)}
         )
+
+    async def _one_manifest(self, name: str, statement: Any, params: dict[str, str]) -> ManifestRecord | None:
+        if self._hot is not None:
+            hot = self._hot.one(name, params)
+            return _record(hot) if hot is not None else None
         async with self._read.connect() as conn:
-            row = (await conn.execute(q)).first()
+            row = (await conn.execute(statement, params)).first()
         return _record(row) if row else None
 
     async def resolve_tag(self, repository: str, tag: str) -> ManifestRecord | None:
-        q = (
-            select(s.manifests)
-            .join(
-                s.tags,
-                and_(
-                    s.tags.c.repository == s.manifests.c.repository, s.tags.c.digest == s.manifests.c.digest
-                ),
-            )
-            .where(s.tags.c.repository == repository, s.tags.c.name == tag)
-        )
-        async with self._read.connect() as conn:
-            row = (await conn.execute(q)).first()
-        return _record(row) if row else None
+        return await self._one_manifest("tag", _TAGGED_MANIFEST, {"repository": repository, "tag": tag})
 
     async def delete_manifest(self, repository: str, digest: Digest) -> bool:
         async with self._write.begin() as conn:

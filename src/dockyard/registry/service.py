@@ -391,6 +391,14 @@ class Registry:
         Holds the session's writer lock. Whatever happens to the connection, the session ends
         at a consistent offset that is persisted before this returns or raises.
         """
+        staged = await self.blobs.staging_size(session)
+        if staged is not None and staged < session.offset:
+            # Staged bytes the session had recorded are gone (the machine lost unsynced data):
+            # the session goes back to what is really there, and the client is told so.
+            session.offset = staged
+            session.updated_at = self._clock()
+            await self.meta.save_upload(session)
+            self._hashers.drop(session.id)
         expected: int | None = length
         if chunk is not None:
             if chunk.start != session.offset:
