@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     upload_purge_interval_seconds: float = Field(300.0, gt=0)
     max_uploads_per_repository: int = Field(1000, ge=1)
     max_page_size: int = Field(10_000, ge=1)
+    idle_timeout_seconds: float = Field(
+        75.0, gt=0, description="close a connection idle (or still sending its headers) this long"
+    )
+    body_timeout_seconds: float = Field(60.0, gt=0, description="abort a request body that stalls this long")
+    max_header_bytes: int = Field(8190, ge=1024, description="longest request line or header field")
+    max_headers: int = Field(128, ge=16, description="most header fields in one request")
     log_level: str = "info"
     access_log: bool = False
 

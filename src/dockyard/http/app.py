@@ -11,7 +11,7 @@ from aiohttp import web
 
 from dockyard.config import Settings
 from dockyard.http import blobs, discovery, manifests, uploads
-from dockyard.http.common import REGISTRY
+from dockyard.http.common import BODY_TIMEOUT, REGISTRY
 from dockyard.http.errors import API_VERSION_HEADER, Handler, error_middleware
 from dockyard.registry.service import Registry
 from dockyard.wiring import build_registry
@@ -62,6 +62,7 @@ def create_app(settings: Settings) -> web.Application:
 
     core = build_registry(settings)
     app[REGISTRY] = core
+    app[BODY_TIMEOUT] = settings.body_timeout_seconds
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await core.meta.open()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -9,13 +10,14 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
+from dockyard.registry import errors
 from dockyard.registry.names import parse_name
 from dockyard.registry.ports import UploadSession
 from dockyard.registry.service import Registry
 from dockyard.registry.uploads import range_header
 
 REGISTRY = web.AppKey("registry", Registry)
-BODY_CHUNK = 1 << 20
+BODY_TIMEOUT = web.AppKey("body_timeout", float)
 
 
 def registry(request: web.Request) -> Registry:
@@ -26,9 +28,24 @@ def repository(request: web.Request) -> str:
     return parse_name(request.match_info["name"])
 
 
-def body_stream(request: web.Request) -> AsyncIterator[bytes]:
-    """The request body as it arrives (Content-Length or chunked), never buffered whole."""
-    return request.content.iter_chunked(BODY_CHUNK)
+async def body_stream(request: web.Request) -> AsyncIterator[bytes]:
+    """The request body as it arrives (Content-Length or chunked), never buffered whole.
+
+    A body that stalls longer than the body timeout is cut off (408): a slow client must not
+    hold a session and a connection forever.
+    """
+    timeout = request.app[BODY_TIMEOUT]
+    while True:
+        try:
+            async with asyncio.timeout(timeout):
+                data = await request.content.readany()
+        except TimeoutError:
+            raise errors.RegistryError(
+                errors.BODY_TIMEOUT, message=f"no request body data for {timeout:g} seconds"
+            ) from None
+        if not data:
+            return
+        yield data
 
 
 def content_length(request: web.Request) -> int | None:

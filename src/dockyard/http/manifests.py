@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from dockyard.http.common import registry, repository
+from dockyard.http.common import body_stream, registry, repository
 from dockyard.registry import errors
 from dockyard.registry.names import Reference
 
@@ -37,7 +37,7 @@ async def _read_manifest_body(request: web.Request, limit: int) -> bytes:
         raise errors.RegistryError(errors.MANIFEST_TOO_LARGE, detail={"limit": limit})
     chunks: list[bytes] = []
     size = 0
-    async for data in request.content.iter_chunked(1 << 16):
+    async for data in body_stream(request):
         size += len(data)
         if size > limit:
             raise errors.RegistryError(errors.MANIFEST_TOO_LARGE, detail={"limit": limit})

@@ -35,6 +35,10 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
         app,
         access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
         handle_signals=False,
+        keepalive_timeout=settings.idle_timeout_seconds,
+        max_line_size=settings.max_header_bytes,
+        max_field_size=settings.max_header_bytes,
+        max_headers=settings.max_headers,
     )
     await runner.setup()
     site = web.SockSite(runner, sock)

@@ -16,9 +16,11 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Row, and_, bindparam, delete, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from dockyard.metadata import schema as s
+from dockyard.registry import errors
 from dockyard.registry.digests import Digest
 from dockyard.registry.ports import ManifestRecord, ManifestRef, TagRecord, UploadSession
 
@@ -141,7 +143,7 @@ class SqlMetadataStore:
             self._hot = _SqliteHotReads(path)
         else:
             self._read = self._write = create_async_engine(self.url, pool_pre_ping=True)
-        async with self._write.begin() as conn:
+        async with self._begin() as conn:
             await conn.run_sync(upgrade_schema)
 
     def _sqlite_engine(self, immediate: bool) -> AsyncEngine:
@@ -161,6 +163,17 @@ class SqlMetadataStore:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
+
+    @asynccontextmanager
+    async def _begin(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction; a full disk is the registry's 507, not an internal error."""
+        try:
+            async with self._write.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            if "full" in str(exc.orig).lower():
+                raise errors.RegistryError(errors.INSUFFICIENT_STORAGE) from exc
+            raise
 
     async def close(self) -> None:
         if self._hot is not None:
@@ -213,7 +226,7 @@ class SqlMetadataStore:
 
     async def link_blob(self, repository: str, digest: Digest, size: int) -> None:
         now = time.time()
-        async with self._write.begin() as conn:
+        async with self._begin() as conn:
             await self._ensure_repository(conn, repository)
             await conn.execute(
                 self._insert(s.blobs)
@@ -227,7 +240,7 @@ class SqlMetadataStore:
             )
 
     async def unlink_blob(self, repository: str, digest: Digest) -> bool:
-        async with self._write.begin() as conn:
+        async with self._begin() as conn:
             result = await conn.execute(
                 delete(s.repository_blobs).where(
                     s.repository_blobs.c.repository == repository,
@@ -269,7 +282,7 @@ class SqlMetadataStore:
     ) -> None:
         now = time.time()
         digest = str(record.digest)
-        async with self._write.begin() as conn:
+        async with self._begin() as conn:
             await self._ensure_repository(conn, repository)
             await conn.execute(
                 self._insert(s.manifests)
@@ -326,7 +339,7 @@ class SqlMetadataStore:
         return await self._one_manifest("tag", _TAGGED_MANIFEST, {"repository": repository, "tag": tag})
 
     async def delete_manifest(self, repository: str, digest: Digest) -> bool:
-        async with self._write.begin() as conn:
+        async with self._begin() as conn:
             result = await conn.execute(
                 delete(s.manifests).where(
                     s.manifests.c.repository == repository, s.manifests.c.digest == str(digest)
@@ -345,7 +358,7 @@ class SqlMetadataStore:
             return True
 
     async def delete_tag(self, repository: str, tag: str) -> bool:
-        async with self._write.begin() as conn:
+        async with self._begin() as conn:
             result = await conn.execute(
                 delete(s.tags).where(s.tags.c.repository == repository, s.tags.c.name == tag)
             )
@@ -379,7 +392,7 @@ class SqlMetadataStore:
     # -- upload sessions --------------------------------------------------------------------------
 
     async def create_upload(self, session: UploadSession) -> None:
-        async with self._write.begin() as conn:
+        async with self._begin() as conn:
             await conn.execute(
                 s.uploads.insert().values(
                     id=session.id,
@@ -399,7 +412,7 @@ class SqlMetadataStore:
         return _session(row) if row else None
 
     async def save_upload(self, session: UploadSession) -> None:
-        async with self._write.begin() as conn:
+        async with self._begin() as conn:
             await conn.execute(
                 update(s.uploads)
                 .where(s.uploads.c.id == session.id)
@@ -411,7 +424,7 @@ class SqlMetadataStore:
             )
 
     async def delete_upload(self, upload_id: str) -> None:
-        async with self._write.begin() as conn:
+        async with self._begin() as conn:
             await conn.execute(delete(s.uploads).where(s.uploads.c.id == upload_id))
 
     async def count_uploads(self, repository: str) -> int:
@@ -460,7 +473,7 @@ class SqlMetadataStore:
             return set((await conn.execute(select(s.uploads.c.id))).scalars())
 
     async def forget_blob(self, digest: Digest) -> None:
-        async with self._write.begin() as conn:
+        async with self._begin() as conn:
             await conn.execute(delete(s.repository_blobs).where(s.repository_blobs.c.digest == str(digest)))
             await conn.execute(delete(s.blobs).where(s.blobs.c.digest == str(digest)))
 

@@ -44,6 +44,7 @@ MANIFEST_TOO_LARGE = ErrorCode("SIZE_INVALID", 413, "manifest exceeds the size l
 REFERENCE_INVALID = ErrorCode("MANIFEST_INVALID", 400, "invalid tag or digest")
 PAGINATION_INVALID = ErrorCode("UNSUPPORTED", 400, "invalid number of results requested")
 INSUFFICIENT_STORAGE = ErrorCode("BLOB_UPLOAD_INVALID", 507, "the registry's storage has no space left")
+BODY_TIMEOUT = ErrorCode("BLOB_UPLOAD_INVALID", 408, "the request body stalled")
 INTERNAL = ErrorCode("UNKNOWN", 500, "internal error; the request was not carried out")
 UPLOAD_LIMIT = ErrorCode("TOOMANYREQUESTS", 429, "too many open upload sessions")
 
