@@ -253,6 +253,8 @@ def test_put_with_wrong_digest_returns_400_and_publishes_nothing(client: httpx.C
     assert_error(client.put(location, params={"digest": wrong}), 400, "DIGEST_INVALID")
     assert_error(client.get(f"/v2/{repo}/blobs/{wrong}"), 404, "BLOB_UNKNOWN")
     assert client.head(f"/v2/{repo}/blobs/{digest_of(data)}").status_code == 404
+    # The session is gone with its bytes: nothing of a bad upload is left behind.
+    assert_error(client.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
 
 
 def test_monolithic_put_with_wrong_digest_returns_400_and_publishes_nothing(

@@ -464,6 +464,8 @@ class Registry:
                 async for data in self.blobs.staging_read(session):
                     hasher.update(data)
             if hasher.hexdigest() != digest.hex:
+                # The bytes are not what the client meant: never publish them, keep nothing.
+                await self._discard(session)
                 raise errors.RegistryError(
                     errors.DIGEST_INVALID,
                     detail={"digest": str(digest)},
