@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -31,12 +32,25 @@ def main() -> None:
 @click.option(
     "--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), help="YAML settings file"
 )
-def serve(listen: str | None, data_dir: Path | None, workers: int | None, config_file: Path | None) -> None:
+@click.option(
+    "--tls-cert", type=click.Path(path_type=Path, dir_okay=False), help="serve HTTPS with this cert"
+)
+@click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False), help="the certificate's key")
+def serve(
+    listen: str | None,
+    data_dir: Path | None,
+    workers: int | None,
+    config_file: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+) -> None:
     """Serve the registry (filesystem + SQLite by default: nothing to configure)."""
     from dockyard.http.server import serve as run
 
     try:
-        settings = load_settings(config_file, listen=listen, data_dir=data_dir, workers=workers)
+        settings = load_settings(
+            config_file, listen=listen, data_dir=data_dir, workers=workers, tls_cert=tls_cert, tls_key=tls_key
+        )
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     logging.basicConfig(
@@ -45,6 +59,8 @@ def serve(listen: str | None, data_dir: Path | None, workers: int | None, config
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         run(settings)
+    except ssl.SSLError as exc:
+        raise click.ClickException(f"TLS certificate or key unusable: {exc}") from exc
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {settings.listen}: {exc.strerror}") from exc
 
@@ -98,3 +114,72 @@ def fsck(
                     click.echo(f"  {item}")
         click.echo("clean" if report.clean else "DAMAGE FOUND")
     sys.exit(0 if report.clean or repair else 1)
+
+
+@main.group()
+def user() -> None:
+    """Manage the users of basic and token auth (the htpasswd file, bcrypt)."""
+
+
+def _htpasswd_path(config_file: Path | None, data_dir: Path | None, htpasswd: Path | None) -> Path:
+    if htpasswd is not None:
+        return htpasswd
+    settings = _settings(config_file, data_dir)
+    return settings.auth.htpasswd or settings.data_dir / "auth" / "htpasswd"
+
+
+_user_options = [
+    click.option("--data-dir", type=click.Path(path_type=Path), help="the registry's data directory"),
+    click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False)),
+    click.option("--htpasswd", type=click.Path(path_type=Path, dir_okay=False), help="the file to change"),
+]
+
+
+def _with_user_options(f: Any) -> Any:
+    for option in reversed(_user_options):
+        f = option(f)
+    return f
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True, help="or prompted")
+@_with_user_options
+def user_add(
+    name: str, password: str, data_dir: Path | None, config_file: Path | None, htpasswd: Path | None
+) -> None:
+    """Add a user, or set a user's password."""
+    from dockyard.auth.htpasswd import hash_password, read_entries, valid_user_name, write_entries
+
+    if not valid_user_name(name):
+        raise click.ClickException("a user name is 1-128 printable characters without ':'")
+    path = _htpasswd_path(config_file, data_dir, htpasswd)
+    entries = read_entries(path)
+    entries[name] = hash_password(password)
+    write_entries(path, entries)
+    click.echo(f"user {name} saved in {path}")
+
+
+@user.command("remove")
+@click.argument("name")
+@_with_user_options
+def user_remove(name: str, data_dir: Path | None, config_file: Path | None, htpasswd: Path | None) -> None:
+    """Remove a user."""
+    from dockyard.auth.htpasswd import read_entries, write_entries
+
+    path = _htpasswd_path(config_file, data_dir, htpasswd)
+    entries = read_entries(path)
+    if entries.pop(name, None) is None:
+        raise click.ClickException(f"no user {name} in {path}")
+    write_entries(path, entries)
+    click.echo(f"user {name} removed from {path}")
+
+
+@user.command("list")
+@_with_user_options
+def user_list(data_dir: Path | None, config_file: Path | None, htpasswd: Path | None) -> None:
+    """List the users."""
+    from dockyard.auth.htpasswd import read_entries
+
+    for name in sorted(read_entries(_htpasswd_path(config_file, data_dir, htpasswd))):
+        click.echo(name)

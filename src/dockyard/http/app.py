@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from dockyard.config import Settings
-from dockyard.http import blobs, discovery, manifests, uploads
+from dockyard.http import auth, blobs, discovery, manifests, uploads
 from dockyard.http.common import BODY_TIMEOUT, REGISTRY
 from dockyard.http.errors import API_VERSION_HEADER, Handler, error_middleware
 from dockyard.registry.service import Registry
@@ -21,25 +21,27 @@ log = logging.getLogger("dockyard")
 # The /v2/ route table, top to bottom. ``name`` may hold slashes, so the more specific
 # upload routes come before the blob routes.
 NAME = "{name:[^{}]+?}"
-ROUTES: list[tuple[str, str, Handler]] = [
-    ("GET", "/v2/", discovery.api_version),
-    ("HEAD", "/v2/", discovery.api_version),
-    ("GET", "/v2/_catalog", discovery.list_repositories),
-    ("GET", f"/v2/{NAME}/tags/list", discovery.list_tags),
-    ("GET", f"/v2/{NAME}/manifests/{{reference}}", manifests.get_manifest),
-    ("HEAD", f"/v2/{NAME}/manifests/{{reference}}", manifests.get_manifest),
-    ("PUT", f"/v2/{NAME}/manifests/{{reference}}", manifests.put_manifest),
-    ("DELETE", f"/v2/{NAME}/manifests/{{reference}}", manifests.delete_manifest),
-    ("POST", f"/v2/{NAME}/blobs/uploads/", uploads.start_upload),
-    ("POST", f"/v2/{NAME}/blobs/uploads", uploads.start_upload),
-    ("GET", f"/v2/{NAME}/blobs/uploads/{{upload_id}}", uploads.upload_status),
-    ("PATCH", f"/v2/{NAME}/blobs/uploads/{{upload_id}}", uploads.append_chunk),
-    ("PUT", f"/v2/{NAME}/blobs/uploads/{{upload_id}}", uploads.commit_upload),
-    ("DELETE", f"/v2/{NAME}/blobs/uploads/{{upload_id}}", uploads.cancel_upload),
-    ("GET", f"/v2/{NAME}/blobs/{{digest}}", blobs.get_blob),
-    ("HEAD", f"/v2/{NAME}/blobs/{{digest}}", blobs.get_blob),
-    ("DELETE", f"/v2/{NAME}/blobs/{{digest}}", blobs.delete_blob),
-    ("GET", f"/v2/{NAME}/referrers/{{digest}}", discovery.list_referrers),
+ROUTES: list[tuple[str, str, Handler, str | None]] = [
+    # method, path, handler, what access control asks for: None (any authenticated client),
+    # "catalog", or an action on the route's repository
+    ("GET", "/v2/", discovery.api_version, None),
+    ("HEAD", "/v2/", discovery.api_version, None),
+    ("GET", "/v2/_catalog", discovery.list_repositories, "catalog"),
+    ("GET", f"/v2/{NAME}/tags/list", discovery.list_tags, "pull"),
+    ("GET", f"/v2/{NAME}/manifests/{{reference}}", manifests.get_manifest, "pull"),
+    ("HEAD", f"/v2/{NAME}/manifests/{{reference}}", manifests.get_manifest, "pull"),
+    ("PUT", f"/v2/{NAME}/manifests/{{reference}}", manifests.put_manifest, "push"),
+    ("DELETE", f"/v2/{NAME}/manifests/{{reference}}", manifests.delete_manifest, "delete"),
+    ("POST", f"/v2/{NAME}/blobs/uploads/", uploads.start_upload, "push"),
+    ("POST", f"/v2/{NAME}/blobs/uploads", uploads.start_upload, "push"),
+    ("GET", f"/v2/{NAME}/blobs/uploads/{{upload_id}}", uploads.upload_status, "push"),
+    ("PATCH", f"/v2/{NAME}/blobs/uploads/{{upload_id}}", uploads.append_chunk, "push"),
+    ("PUT", f"/v2/{NAME}/blobs/uploads/{{upload_id}}", uploads.commit_upload, "push"),
+    ("DELETE", f"/v2/{NAME}/blobs/uploads/{{upload_id}}", uploads.cancel_upload, "push"),
+    ("GET", f"/v2/{NAME}/blobs/{{digest}}", blobs.get_blob, "pull"),
+    ("HEAD", f"/v2/{NAME}/blobs/{{digest}}", blobs.get_blob, "pull"),
+    ("DELETE", f"/v2/{NAME}/blobs/{{digest}}", blobs.delete_blob, "delete"),
+    ("GET", f"/v2/{NAME}/referrers/{{digest}}", discovery.list_referrers, "pull"),
 ]
 
 
@@ -56,9 +58,14 @@ async def _purge_loop(core: Registry, interval: float) -> None:
 
 def create_app(settings: Settings) -> web.Application:
     """A dockyard application for ``settings``; nothing global, so tests can build many."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.manifest_max_bytes)
-    for method, path, handler in ROUTES:
-        app.router.add_route(method, path, handler)
+    app = web.Application(
+        middlewares=[error_middleware, auth.auth_middleware], client_max_size=settings.manifest_max_bytes
+    )
+    route_access: dict[web.AbstractRoute, str | None] = {}
+    for method, path, handler, access in ROUTES:
+        route_access[app.router.add_route(method, path, handler)] = access
+    app[auth.ROUTE_ACCESS] = route_access
+    auth.install(app, settings)
 
     core = build_registry(settings)
     app[REGISTRY] = core

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from dockyard.http import auth
 from dockyard.http.common import json_response, next_link, registry, repository
 from dockyard.registry.digests import Digest
 from dockyard.registry.manifests import OCI_INDEX, referrers_index
@@ -39,7 +40,7 @@ async def list_referrers(request: web.Request) -> web.Response:
 async def list_repositories(request: web.Request) -> web.Response:
     core = registry(request)
     limit = core.page_size(request.query.get("n"))
-    names, more = await core.list_repositories(limit, request.query.get("last"))
+    names, more = await core.list_repositories(limit, request.query.get("last"), auth.readable(request))
     response = json_response({"repositories": names})
     if more and names:
         response.headers["Link"] = next_link(request.path, limit, names[-1])

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 
@@ -29,6 +31,28 @@ def bind_socket(settings: Settings) -> socket.socket:
     return sock
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """HTTPS when a certificate is configured; client certificates checked against tls_client_ca
+    (required in auth mode mtls, optional otherwise)."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    if settings.tls_client_ca is not None:
+        context.load_verify_locations(cafile=str(settings.tls_client_ca))
+        context.verify_mode = ssl.CERT_REQUIRED if settings.auth.mode == "mtls" else ssl.CERT_OPTIONAL
+    return context
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 async def _serve(settings: Settings, sock: socket.socket) -> None:
     app = create_app(settings)
     runner = web.AppRunner(
@@ -41,7 +65,7 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
         max_headers=settings.max_headers,
     )
     await runner.setup()
-    site = web.SockSite(runner, sock)
+    site = web.SockSite(runner, sock, ssl_context=tls_context(settings))
     await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

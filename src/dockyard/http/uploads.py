@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from dockyard.http import auth
 from dockyard.http.common import (
     body_stream,
     content_length,
@@ -45,20 +46,25 @@ async def start_upload(request: web.Request) -> web.Response:
     query = request.query
     mount = query.get("mount")
     if mount is not None:
-        source = query.get("from")
+        source = parse_name(query["from"]) if query.get("from") else None
         digest = Digest.parse(mount)
-        if await core.mount_blob(name, digest, parse_name(source) if source else None) is not None:
+        # A source the client may not read is treated as one that lacks the blob (no hint).
+        if (source is None or auth.may_pull(request, source)) and await core.mount_blob(
+            name, digest, source, auth.readable(request)
+        ) is not None:
             return _blob_created(name, digest)
         # spec: a registry "unable to mount the requested blob ... SHOULD return a 202"
     digest_param = query.get("digest")
     if digest_param is not None and mount is None:
-        digest = await core.upload_whole(name, digest_param, content_length(request), body_stream(request))
+        digest = await core.upload_whole(
+            name, digest_param, content_length(request), body_stream(request), auth.owner(request)
+        )
         return _blob_created(name, digest)
     if _has_body(request):
         raise errors.RegistryError(
             errors.BLOB_UPLOAD_INVALID, message="a POST without ?digest= takes no body"
         )
-    session = await core.start_upload(name, query.get("digest-algorithm"))
+    session = await core.start_upload(name, query.get("digest-algorithm"), auth.owner(request))
     headers = session_headers(session)
     headers["Content-Length"] = "0"
     if core.blobs.chunk_min_length:
@@ -68,7 +74,9 @@ async def start_upload(request: web.Request) -> web.Response:
 
 async def upload_status(request: web.Request) -> web.Response:
     """GET: where the session stands (204, Location, Range)."""
-    session = await registry(request).upload_status(repository(request), request.match_info["upload_id"])
+    session = await registry(request).upload_status(
+        repository(request), request.match_info["upload_id"], auth.owner(request)
+    )
     return web.Response(status=204, headers=session_headers(session))
 
 
@@ -80,6 +88,7 @@ async def append_chunk(request: web.Request) -> web.Response:
         _chunk(request),
         content_length(request),
         body_stream(request),
+        auth.owner(request),
     )
     return web.Response(status=202, headers={**session_headers(session), "Content-Length": "0"})
 
@@ -94,10 +103,13 @@ async def commit_upload(request: web.Request) -> web.Response:
         _chunk(request),
         content_length(request),
         body_stream(request) if _has_body(request) else None,
+        auth.owner(request),
     )
     return _blob_created(name, digest)
 
 
 async def cancel_upload(request: web.Request) -> web.Response:
-    await registry(request).cancel_upload(repository(request), request.match_info["upload_id"])
+    await registry(request).cancel_upload(
+        repository(request), request.match_info["upload_id"], auth.owner(request)
+    )
     return web.Response(status=204)

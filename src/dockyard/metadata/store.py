@@ -224,6 +224,16 @@ class SqlMetadataStore:
         async with self._read.connect() as conn:
             return (await conn.execute(q)).scalar()
 
+    async def repositories_with_blob(self, digest: Digest, limit: int) -> list[str]:
+        q = (
+            select(s.repository_blobs.c.repository)
+            .where(s.repository_blobs.c.digest == str(digest))
+            .order_by(s.repository_blobs.c.repository)
+            .limit(limit)
+        )
+        async with self._read.connect() as conn:
+            return list((await conn.execute(q)).scalars())
+
     async def link_blob(self, repository: str, digest: Digest, size: int) -> None:
         now = time.time()
         async with self._begin() as conn:

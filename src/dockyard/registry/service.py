@@ -253,11 +253,19 @@ class Registry:
         page = await self.meta.list_tags(repository, limit + 1, last)
         return page[:limit], len(page) > limit
 
-    async def list_repositories(self, limit: int, last: str | None) -> tuple[list[str], bool]:
+    async def list_repositories(
+        self, limit: int, last: str | None, may_read: Callable[[str], bool] | None = None
+    ) -> tuple[list[str], bool]:
+        """A page of repository names after ``last``: only those ``may_read`` admits."""
         if limit == 0:
             return [], False
-        page = await self.meta.list_repositories(limit + 1, last)
-        return page[:limit], len(page) > limit
+        found: list[str] = []
+        while True:
+            page = await self.meta.list_repositories(max(limit + 1, 100), last)
+            found += [name for name in page if may_read is None or may_read(name)]
+            if len(found) > limit or len(page) < max(limit + 1, 100):
+                return found[:limit], len(found) > limit
+            last = page[-1]
 
     async def list_referrers(
         self, repository: str, subject: Digest, artifact_type: str | None
@@ -266,7 +274,9 @@ class Registry:
 
     # -- uploads -------------------------------------------------------------------------------
 
-    async def start_upload(self, repository: str, algorithm: str | None = None) -> UploadSession:
+    async def start_upload(
+        self, repository: str, algorithm: str | None = None, owner: str | None = None
+    ) -> UploadSession:
         """Open an upload session (spec: "POST then PUT", "Pushing a blob in chunks")."""
         algorithm = check_algorithm(algorithm or DEFAULT_ALGORITHM)
         if await self.meta.count_uploads(repository) >= self.policy.max_uploads_per_repository:
@@ -282,23 +292,37 @@ class Registry:
             algorithm=algorithm,
             created_at=now,
             updated_at=now,
+            owner=owner,
         )
         await self.meta.create_upload(session)
         return session
 
-    async def mount_blob(self, repository: str, digest: Digest, source: str | None) -> int | None:
-        """Link a blob another repository has (spec: "Mounting a blob"); None if it cannot be."""
+    async def mount_blob(
+        self,
+        repository: str,
+        digest: Digest,
+        source: str | None,
+        may_read: Callable[[str], bool] | None = None,
+    ) -> int | None:
+        """Link a blob another repository has (spec: "Mounting a blob"); None if it cannot be.
+
+        Without ``source``, any repository holding the blob that ``may_read`` admits will do.
+        """
         if source is not None:
             size = await self.meta.linked_blob_size(source, digest)
-        else:
+        elif may_read is None:
             size = await self.meta.blob_size(digest)
+        else:
+            holders = await self.meta.repositories_with_blob(digest, 1000)
+            readable = next((r for r in holders if may_read(r)), None)
+            size = await self.meta.linked_blob_size(readable, digest) if readable else None
         if size is None or await self.blobs.stat(digest) is None:
             return None
         await self.meta.link_blob(repository, digest, size)
         return size
 
-    async def upload_status(self, repository: str, upload_id: str) -> UploadSession:
-        return await self._session(repository, upload_id)
+    async def upload_status(self, repository: str, upload_id: str, owner: str | None = None) -> UploadSession:
+        return await self._session(repository, upload_id, owner)
 
     async def append_chunk(
         self,
@@ -307,13 +331,14 @@ class Registry:
         chunk: ChunkRange | None,
         length: int | None,
         body: Body,
+        owner: str | None = None,
     ) -> UploadSession:
         """Append a chunk (PATCH); a chunk must start where the session ends."""
-        session = await self._session(repository, upload_id)
+        session = await self._session(repository, upload_id, owner)
         async with self.meta.lock_upload(upload_id) as locked:
             if not locked:
                 raise UploadOutOfOrder(session, "another request is writing to this upload session")
-            session = await self._session(repository, upload_id)
+            session = await self._session(repository, upload_id, owner)
             await self._append(session, chunk, length, body)
         return session
 
@@ -325,33 +350,36 @@ class Registry:
         chunk: ChunkRange | None,
         length: int | None,
         body: Body | None,
+        owner: str | None = None,
     ) -> Digest:
         """Close the session (PUT): append the last chunk, verify the digest, publish."""
         if not digest_text:
             raise errors.RegistryError(errors.DIGEST_INVALID, message="the digest parameter is required")
         digest = Digest.parse(digest_text)
-        session = await self._session(repository, upload_id)
+        session = await self._session(repository, upload_id, owner)
         async with self.meta.lock_upload(upload_id) as locked:
             if not locked:
                 raise UploadOutOfOrder(session, "another request is writing to this upload session")
-            session = await self._session(repository, upload_id)
+            session = await self._session(repository, upload_id, owner)
             if body is not None:
                 await self._append(session, chunk, length, body)
             await self._publish(session, digest)
         return digest
 
-    async def upload_whole(self, repository: str, digest_text: str, length: int | None, body: Body) -> Digest:
+    async def upload_whole(
+        self, repository: str, digest_text: str, length: int | None, body: Body, owner: str | None = None
+    ) -> Digest:
         """Single-POST upload (spec: "Single POST"): the whole blob in the POST's body."""
         digest = Digest.parse(digest_text)
-        session = await self.start_upload(repository, digest.algorithm)
+        session = await self.start_upload(repository, digest.algorithm, owner)
         try:
-            return await self.commit_upload(repository, session.id, str(digest), None, length, body)
+            return await self.commit_upload(repository, session.id, str(digest), None, length, body, owner)
         except BaseException:
             await self._discard(session)
             raise
 
-    async def cancel_upload(self, repository: str, upload_id: str) -> None:
-        session = await self._session(repository, upload_id)
+    async def cancel_upload(self, repository: str, upload_id: str, owner: str | None = None) -> None:
+        session = await self._session(repository, upload_id, owner)
         async with self.meta.lock_upload(upload_id) as locked:
             if not locked:
                 raise UploadOutOfOrder(session, "another request is writing to this upload session")
@@ -366,11 +394,12 @@ class Registry:
                     await self._discard(session)
         return len(stale)
 
-    async def _session(self, repository: str, upload_id: str) -> UploadSession:
+    async def _session(self, repository: str, upload_id: str, owner: str | None) -> UploadSession:
+        """The session, if it belongs to this repository and this client (else: unknown)."""
         if not _UPLOAD_ID.fullmatch(upload_id):
             raise errors.RegistryError(errors.BLOB_UPLOAD_UNKNOWN, detail={"uuid": upload_id[:64]})
         session = await self.meta.get_upload(upload_id)
-        if session is None or session.repository != repository:
+        if session is None or session.repository != repository or session.owner != owner:
             raise errors.RegistryError(errors.BLOB_UPLOAD_UNKNOWN, detail={"uuid": upload_id[:64]})
         if session.updated_at < self._clock() - self.policy.upload_ttl_seconds:
             raise errors.RegistryError(

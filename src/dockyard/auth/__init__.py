@@ -1,0 +1,1 @@
+"""Access control: who a client is (htpasswd, tokens, client certificates) and what it may do."""
