@@ -53,6 +53,7 @@ def serve(
         )
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    _check_packages(settings)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -67,9 +68,19 @@ def serve(
 
 def _settings(config_file: Path | None, data_dir: Path | None) -> Settings:
     try:
-        return load_settings(config_file, data_dir=data_dir)
+        settings = load_settings(config_file, data_dir=data_dir)
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    _check_packages(settings)
+    return settings
+
+
+def _check_packages(settings: Settings) -> None:
+    from dockyard.wiring import missing_packages
+
+    missing = missing_packages(settings)
+    if missing:
+        raise click.ClickException(f"the configured storage or database needs more packages: {missing}")
 
 
 @main.command()
@@ -90,7 +101,7 @@ def fsck(
     from dockyard.wiring import build_registry
 
     settings = _settings(config_file, data_dir)
-    if not settings.data_dir.is_dir():
+    if settings.storage == "filesystem" and not settings.data_dir.is_dir():
         raise click.ClickException(f"{settings.data_dir} is not a directory")
 
     async def run() -> FsckReport:
@@ -183,3 +194,154 @@ def user_list(data_dir: Path | None, config_file: Path | None, htpasswd: Path | 
 
     for name in sorted(read_entries(_htpasswd_path(config_file, data_dir, htpasswd))):
         click.echo(name)
+
+
+def _run_with_core(settings: Settings, work: Any) -> Any:
+    """Open the configured stores, run ``await work(core)``, close them."""
+    from dockyard.wiring import build_registry
+
+    async def run() -> Any:
+        core = build_registry(settings)
+        await core.meta.open()
+        try:
+            return await work(core)
+        finally:
+            await core.meta.close()
+
+    return asyncio.run(run())
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), help="the registry's data directory")
+@click.option(
+    "--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), help="YAML settings file"
+)
+@click.option("--dry-run", is_flag=True, help="only print what would be freed")
+@click.option("--grace-seconds", type=float, help="override gc.grace_seconds")
+@click.option("--delete-untagged/--keep-untagged", default=None, help="override gc.delete_untagged")
+@click.option("--json", "as_json", is_flag=True, help="print the full report as JSON")
+def gc(
+    data_dir: Path | None,
+    config_file: Path | None,
+    dry_run: bool,
+    grace_seconds: float | None,
+    delete_untagged: bool | None,
+    as_json: bool,
+) -> None:
+    """Collect garbage now (safe while the registry serves): print counts and bytes freed."""
+    from dockyard.gc import collect
+
+    settings = _settings(config_file, data_dir)
+    policy = settings.gc.model_copy(
+        update={
+            k: v
+            for k, v in (("grace_seconds", grace_seconds), ("delete_untagged", delete_untagged))
+            if v is not None
+        }
+    )
+    report = _run_with_core(settings, lambda core: collect(core, policy, dry_run=dry_run))
+    data = report.as_dict()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    if report.skipped:
+        click.echo(f"nothing done: {report.skipped}")
+        sys.exit(1)
+    verb = "would free" if dry_run else "freed"
+    click.echo(
+        f"{verb} {report.bytes_freed} bytes: {len(report.blobs)} blobs, {len(report.manifests)} manifests, "
+        f"{len(report.tags)} tags, {len(report.links)} links; {report.sessions_purged} stale sessions; "
+        f"{report.duration:.2f}s"
+    )
+    for key in ("tags", "manifests", "links", "blobs"):
+        for item in data[key][:200]:
+            click.echo(f"  {key[:-1]} {item}")
+
+
+@main.group()
+def repo() -> None:
+    """Administer repositories."""
+
+
+@repo.command("delete")
+@click.argument("name")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="the registry's data directory")
+@click.option(
+    "--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), help="YAML settings file"
+)
+def repo_delete(name: str, data_dir: Path | None, config_file: Path | None) -> None:
+    """Delete a repository: its tags, manifests and links (the bytes go at the next gc)."""
+    from dockyard.registry.errors import RegistryError
+    from dockyard.registry.names import parse_name
+
+    settings = _settings(config_file, data_dir)
+    try:
+        _run_with_core(settings, lambda core: core.delete_repository(parse_name(name)))
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"repository {name} deleted; run `dockyard gc` to free its bytes")
+
+
+@main.group()
+def db() -> None:
+    """The metadata database's schema (migrations with Alembic)."""
+
+
+def _store(config_file: Path | None, data_dir: Path | None, migrate: bool) -> Any:
+    from dockyard.metadata.store import SqlMetadataStore
+
+    settings = _settings(config_file, data_dir)
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return SqlMetadataStore(settings.metadata_url, migrate=migrate)
+
+
+_db_options = [
+    click.option("--data-dir", type=click.Path(path_type=Path), help="the registry's data directory"),
+    click.option(
+        "--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), help="YAML settings file"
+    ),
+]
+
+
+def _with_db_options(command: Any) -> Any:
+    for option in reversed(_db_options):
+        command = option(command)
+    return command
+
+
+@db.command("upgrade")
+@_with_db_options
+def db_upgrade(data_dir: Path | None, config_file: Path | None) -> None:
+    """Migrate the schema to this version's newest revision (safe to run from many nodes at once)."""
+    store = _store(config_file, data_dir, migrate=True)
+
+    async def run() -> tuple[str | None, str | None]:
+        await store.open()  # migrates, under a lock on PostgreSQL
+        try:
+            revisions: tuple[str | None, str | None] = await store.revisions()
+            return revisions
+        finally:
+            await store.close()
+
+    current, _head = asyncio.run(run())
+    click.echo(f"schema at revision {current}")
+
+
+@db.command("current")
+@_with_db_options
+def db_current(data_dir: Path | None, config_file: Path | None) -> None:
+    """Print the schema's revision and the newest one this version knows; exit 1 if behind."""
+    store = _store(config_file, data_dir, migrate=False)
+
+    async def run() -> tuple[str | None, str | None]:
+        await store.connect()
+        try:
+            revisions: tuple[str | None, str | None] = await store.revisions()
+            return revisions
+        finally:
+            await store.close()
+
+    current, head = asyncio.run(run())
+    click.echo(f"current: {current or 'none'}\nhead: {head}")
+    sys.exit(0 if current == head else 1)

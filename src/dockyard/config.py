@@ -7,7 +7,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -71,6 +71,60 @@ class AuthSettings(BaseModel):
     max_failed_logins: int = Field(10, ge=1, description="per client address and per user, per minute")
 
 
+class RetentionRule(BaseModel):
+    """Which tags of the repositories matching ``repository`` (a glob) garbage collection drops:
+    those not matching a ``keep_tags`` pattern, not among the newest ``keep_last`` (by when they
+    were last moved), and, when ``max_age_days`` is set, older than that."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repository: str
+    keep_last: int | None = Field(None, ge=0)
+    keep_tags: list[str] = Field(default_factory=list, description="regular expressions, full match")
+    max_age_days: float | None = Field(None, gt=0)
+
+
+class GcSettings(BaseModel):
+    """Garbage collection (README "Garbage collection")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval_seconds: float = Field(0.0, ge=0, description="collect on this schedule; 0: only `dockyard gc`")
+    grace_seconds: float = Field(3600.0, ge=0, description="nothing younger than this is collected")
+    delete_untagged: bool = Field(False, description="delete manifests no tag keeps")
+    referrers: Literal["follow-subject", "keep"] = Field(
+        "follow-subject", description="referrers go with their subject, or are always kept"
+    )
+    retention: list[RetentionRule] = Field(default_factory=list)
+
+
+class S3Settings(BaseModel):
+    """The S3-compatible bucket blobs live in when ``storage: s3`` (README "Running several nodes")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bucket: str = Field("", description="the bucket (it must exist)")
+    prefix: str = Field("", description="key prefix inside the bucket, e.g. registry/")
+    endpoint_url: str | None = Field(None, description="e.g. https://minio.internal:9000; AWS if unset")
+    region: str | None = Field(None, description="the bucket's region; from the AWS config chain if unset")
+    access_key_id: str | None = Field(None, description="with secret_access_key; else the AWS chain")
+    secret_access_key: SecretStr | None = None
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="path-style (bucket in the path) or virtual-host (bucket in the host name)"
+    )
+    redirect: bool = Field(True, description="answer blob GETs with a pre-signed URL; off: stream them")
+    redirect_expiry_seconds: int = Field(300, ge=1, le=7 * 24 * 3600, description="pre-signed URL lifetime")
+    public_endpoint_url: str | None = Field(
+        None, description="the endpoint in pre-signed URLs, if clients reach the store by another name"
+    )
+    part_size: int = Field(
+        8 * 1024 * 1024,
+        ge=5 * 1024 * 1024,
+        le=5 * 1024**3,
+        description="multipart part size: memory per upload in flight",
+    )
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "dockyard"
@@ -87,6 +141,11 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the metadata store; default SQLite in data_dir"
     )
+    database_auto_migrate: bool = Field(
+        True, description="migrate the schema at start; off: refuse to start on an old schema"
+    )
+    storage: Literal["filesystem", "s3"] = Field("filesystem", description="where blobs live")
+    s3: S3Settings = Field(default_factory=S3Settings)
     delete_enabled: bool = True
     manifest_max_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     index_requires_children: bool = True
@@ -106,6 +165,7 @@ class Settings(BaseSettings):
         None, description="CA bundle for client certificates (mTLS); a valid one authenticates its CN"
     )
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    gc: GcSettings = Field(default_factory=GcSettings)
     log_level: str = "info"
     access_log: bool = False
 
@@ -123,6 +183,12 @@ class Settings(BaseSettings):
             raise ValueError("tls_cert and tls_key go together")
         if self.auth.mode == "mtls" and (self.tls_client_ca is None or self.tls_cert is None):
             raise ValueError("auth mode mtls needs tls_cert, tls_key and tls_client_ca")
+        return self
+
+    @model_validator(mode="after")
+    def _check_storage(self) -> Settings:
+        if self.storage == "s3" and not self.s3.bucket:
+            raise ValueError("storage s3 needs s3.bucket (DOCKYARD_S3__BUCKET)")
         return self
 
     @property

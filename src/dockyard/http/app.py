@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from dockyard.config import Settings
+from dockyard.gc import collect
 from dockyard.http import auth, blobs, discovery, manifests, uploads
 from dockyard.http.common import BODY_TIMEOUT, REGISTRY
 from dockyard.http.errors import API_VERSION_HEADER, Handler, error_middleware
@@ -42,7 +43,20 @@ ROUTES: list[tuple[str, str, Handler, str | None]] = [
     ("HEAD", f"/v2/{NAME}/blobs/{{digest}}", blobs.get_blob, "pull"),
     ("DELETE", f"/v2/{NAME}/blobs/{{digest}}", blobs.delete_blob, "delete"),
     ("GET", f"/v2/{NAME}/referrers/{{digest}}", discovery.list_referrers, "pull"),
+    # extensions
+    ("DELETE", f"/v2/_dockyard/repositories/{NAME}", manifests.delete_repository, "delete"),
+    ("GET", "/metrics", discovery.metrics, "metrics"),
 ]
+
+
+async def _gc_loop(core: Registry, settings: Settings) -> None:
+    """Scheduled collections; the collector's lock keeps workers and nodes from overlapping."""
+    while True:
+        await asyncio.sleep(settings.gc.interval_seconds)
+        try:
+            await collect(core, settings.gc)
+        except Exception:
+            log.exception("scheduled garbage collection failed")
 
 
 async def _purge_loop(core: Registry, interval: float) -> None:
@@ -73,11 +87,14 @@ def create_app(settings: Settings) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await core.meta.open()
-        purger = asyncio.create_task(_purge_loop(core, settings.upload_purge_interval_seconds))
+        tasks = [asyncio.create_task(_purge_loop(core, settings.upload_purge_interval_seconds))]
+        if settings.gc.interval_seconds > 0:
+            tasks.append(asyncio.create_task(_gc_loop(core, settings)))
         yield
-        purger.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await purger
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await core.meta.close()
 
     app.cleanup_ctx.append(lifecycle)

@@ -45,3 +45,35 @@ async def list_repositories(request: web.Request) -> web.Response:
     if more and names:
         response.headers["Link"] = next_link(request.path, limit, names[-1])
     return response
+
+
+_METRICS = [
+    ("dockyard_blob_bytes", "gauge", "bytes of blobs recorded", "blob_bytes"),
+    ("dockyard_blobs", "gauge", "blobs recorded", "blobs"),
+    ("dockyard_manifest_bytes", "gauge", "bytes of manifests recorded", "manifest_bytes"),
+    ("dockyard_manifests", "gauge", "manifests recorded (per repository)", "manifests"),
+    ("dockyard_repositories", "gauge", "repositories", "repositories"),
+    ("dockyard_upload_sessions", "gauge", "open upload sessions", "uploads"),
+    ("dockyard_gc_runs_total", "counter", "garbage collections run", "gc_runs"),
+    ("dockyard_gc_freed_bytes_total", "counter", "bytes freed by garbage collection", "gc_bytes_freed"),
+    (
+        "dockyard_gc_last_run_timestamp_seconds",
+        "gauge",
+        "when the last collection started",
+        "gc_last_started",
+    ),
+    ("dockyard_gc_last_duration_seconds", "gauge", "how long the last collection took", "gc_last_duration"),
+]
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format. The figures come from the metadata store, so every worker and
+    every node reports the same registry-wide values."""
+    stats = await registry(request).meta.statistics()
+    lines = []
+    for name, kind, help_text, key in _METRICS:
+        if key in stats:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {stats[key]:.17g}"]
+    return web.Response(
+        text="\n".join(lines) + "\n", headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+    )

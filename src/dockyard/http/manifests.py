@@ -72,3 +72,10 @@ async def put_manifest(request: web.Request) -> web.Response:
 async def delete_manifest(request: web.Request) -> web.Response:
     await registry(request).delete_manifest(repository(request), _reference(request))
     return web.Response(status=202, headers={"Content-Length": "0"})
+
+
+async def delete_repository(request: web.Request) -> web.Response:
+    """Extension: ``DELETE /v2/_dockyard/repositories/<name>`` (tags, manifests, links; the bytes
+    go at the next garbage collection)."""
+    await registry(request).delete_repository(repository(request))
+    return web.Response(status=202, headers={"Content-Length": "0"})

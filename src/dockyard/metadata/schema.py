@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Float,
     Index,
+    Integer,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -85,6 +87,21 @@ tags = Table(
     Column("updated_at", Float, nullable=False),
     PrimaryKeyConstraint("repository", "name"),
     Index("ix_tags_digest", "repository", "digest"),
+)
+
+# One row per garbage collection (for /metrics and `dockyard gc` history).
+gc_runs = Table(
+    "gc_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("started_at", Float, nullable=False),
+    Column("duration", Float, nullable=False),
+    Column("dry_run", Boolean, nullable=False),
+    Column("manifests_deleted", Integer, nullable=False),
+    Column("tags_deleted", Integer, nullable=False),
+    Column("links_deleted", Integer, nullable=False),
+    Column("blobs_deleted", Integer, nullable=False),
+    Column("bytes_freed", BigInteger, nullable=False),
 )
 
 uploads = Table(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
+import hashlib
 import json
 import os
 import sqlite3
@@ -14,15 +16,18 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Row, and_, bindparam, delete, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from dockyard.metadata import schema as s
+from dockyard.metadata.pglocks import MIGRATIONS_KEY, XACT_LOCK, AdvisoryLocks
 from dockyard.registry import errors
 from dockyard.registry.digests import Digest
-from dockyard.registry.ports import ManifestRecord, ManifestRef, TagRecord, UploadSession
+from dockyard.registry.ports import ManifestRecord, ManifestRef, RepositoryView, TagRecord, UploadSession
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -33,6 +38,22 @@ def upgrade_schema(connection: Connection) -> None:
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
+
+
+def schema_revisions(connection: Connection) -> tuple[str | None, str | None]:
+    """The schema's current revision in the database, and the newest this version knows."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    current = MigrationContext.configure(connection).get_current_revision()
+    return current, ScriptDirectory.from_config(config).get_current_head()
+
+
+def async_url(url: str) -> str:
+    """A PostgreSQL URL without a driver gets the async one (asyncpg)."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+asyncpg://" + url[len(plain) :]
+    return url
 
 
 def _record(row: Row[Any] | sqlite3.Row) -> ManifestRecord:
@@ -122,17 +143,32 @@ class SqlMetadataStore:
     """Metadata in SQL. SQLite runs write transactions as ``BEGIN IMMEDIATE`` (WAL mode), so
     concurrent workers queue for the write lock instead of failing on upgrade."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._is_sqlite = url.startswith("sqlite")
+    def __init__(self, url: str, migrate: bool = True) -> None:
+        self.url = async_url(url)
+        self._is_sqlite = self.url.startswith("sqlite")
+        self._migrate = migrate
         self._read: AsyncEngine
         self._write: AsyncEngine
         self._lock_dir: Path | None = None
         self._hot: _SqliteHotReads | None = None
+        self._pg_locks: AdvisoryLocks | None = None  # cross-node locks on PostgreSQL
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def open(self) -> None:
+        await self.connect()
+        if self._migrate:
+            await self.upgrade()
+        else:
+            current, head = await self.revisions()
+            if current != head:
+                raise RuntimeError(
+                    f"the metadata schema is at revision {current}, this version needs {head}: "
+                    "run `dockyard db upgrade`"
+                )
+
+    async def connect(self) -> None:
+        """Set up the engines, touching nothing in the database (``open`` also migrates)."""
         if self._is_sqlite:
             path = Path(self.url.split(":///", 1)[1])
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,9 +178,25 @@ class SqlMetadataStore:
             self._write = self._sqlite_engine(immediate=True)
             self._hot = _SqliteHotReads(path)
         else:
-            self._read = self._write = create_async_engine(self.url, pool_pre_ping=True)
+            # PostgreSQL: one engine; concurrency by transactions and row locks; session locks
+            # (lock_upload, lock_blob, try_lock) are advisory locks on connections of their own.
+            self._read = self._write = create_async_engine(
+                self.url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_recycle=1800
+            )
+            self._pg_locks = AdvisoryLocks(self.url)
+
+    async def upgrade(self) -> None:
+        """Migrate the schema to the newest revision. On PostgreSQL under an advisory lock held
+        for the transaction, so nodes starting together migrate once, one after the other."""
         async with self._begin() as conn:
+            if not self._is_sqlite:
+                await conn.execute(XACT_LOCK, {"key": MIGRATIONS_KEY})
             await conn.run_sync(upgrade_schema)
+
+    async def revisions(self) -> tuple[str | None, str | None]:
+        """(the database's schema revision, the newest revision this version knows)."""
+        async with self._read.connect() as conn:
+            return await conn.run_sync(schema_revisions)
 
     def _sqlite_engine(self, immediate: bool) -> AsyncEngine:
         engine = create_async_engine(self.url, connect_args={"timeout": 60})
@@ -170,14 +222,18 @@ class SqlMetadataStore:
         try:
             async with self._write.begin() as conn:
                 yield conn
-        except OperationalError as exc:
-            if "full" in str(exc.orig).lower():
+        except DBAPIError as exc:
+            # SQLite says "database or disk is full"; PostgreSQL's disk_full is SQLSTATE 53100.
+            sqlite_full = isinstance(exc, OperationalError) and "full" in str(exc.orig).lower()
+            if sqlite_full or getattr(exc.orig, "sqlstate", None) == "53100":
                 raise errors.RegistryError(errors.INSUFFICIENT_STORAGE) from exc
             raise
 
     async def close(self) -> None:
         if self._hot is not None:
             self._hot.close()
+        if self._pg_locks is not None:
+            await self._pg_locks.close()
         await self._read.dispose()
         if self._write is not self._read:
             await self._write.dispose()
@@ -241,7 +297,8 @@ class SqlMetadataStore:
             await conn.execute(
                 self._insert(s.blobs)
                 .values(digest=str(digest), size=size, created_at=now)
-                .on_conflict_do_nothing()
+                # row-locks an existing record (see put_manifest and forget_blob)
+                .on_conflict_do_update(index_elements=[s.blobs.c.digest], set_={"size": s.blobs.c.size})
             )
             await conn.execute(
                 self._insert(s.repository_blobs)
@@ -294,6 +351,7 @@ class SqlMetadataStore:
         digest = str(record.digest)
         async with self._begin() as conn:
             await self._ensure_repository(conn, repository)
+            await self._check_refs_still_there(conn, repository, refs, now)
             await conn.execute(
                 self._insert(s.manifests)
                 .values(
@@ -306,7 +364,13 @@ class SqlMetadataStore:
                     annotations=json.dumps(record.annotations) if record.annotations else None,
                     created_at=now,
                 )
-                .on_conflict_do_nothing()
+                # A no-op update rather than "do nothing": it row-locks an existing manifest, so a
+                # concurrent delete_manifest runs wholly before this push (which then inserts it
+                # anew) or wholly after it (and so also removes the tags set here), never between.
+                .on_conflict_do_update(
+                    index_elements=[s.manifests.c.repository, s.manifests.c.digest],
+                    set_={"size": s.manifests.c.size},
+                )
             )
             if refs:
                 await conn.execute(
@@ -330,6 +394,36 @@ class SqlMetadataStore:
                         index_elements=[s.tags.c.repository, s.tags.c.name],
                         set_={"digest": digest, "updated_at": now},
                     )
+                )
+
+    async def _check_refs_still_there(
+        self, conn: AsyncConnection, repository: str, refs: Sequence[ManifestRef], now: float
+    ) -> None:
+        """Inside the manifest's transaction: what it needs is (still) there. Touching the links
+        also tells garbage collection they are in use, so a collection cannot race the push."""
+        blobs = {str(r.digest) for r in refs if r.required and r.kind == "blob"}
+        if blobs:
+            link = s.repository_blobs
+            touched = await conn.execute(
+                update(link)
+                .where(link.c.repository == repository, link.c.digest.in_(blobs))
+                .values(created_at=now)
+            )
+            if (touched.rowcount or 0) != len(blobs):
+                raise errors.RegistryError(
+                    errors.MANIFEST_BLOB_UNKNOWN,
+                    message="a blob the manifest references is not in the repository",
+                )
+        children = {str(r.digest) for r in refs if r.required and r.kind == "manifest"}
+        if children:
+            m = s.manifests
+            found = await conn.execute(
+                select(func.count()).where(m.c.repository == repository, m.c.digest.in_(children))
+            )
+            if (found.scalar() or 0) != len(children):
+                raise errors.RegistryError(
+                    errors.MANIFEST_BLOB_UNKNOWN,
+                    message="a manifest the index references is not in the repository",
                 )
 
     async def get_manifest(self, repository: str, digest: Digest) -> ManifestRecord | None:
@@ -484,13 +578,269 @@ class SqlMetadataStore:
 
     async def forget_blob(self, digest: Digest) -> None:
         async with self._begin() as conn:
-            await conn.execute(delete(s.repository_blobs).where(s.repository_blobs.c.digest == str(digest)))
+            # The record first: its row lock orders this after a concurrent link_blob, whose link
+            # the second statement then sees (PostgreSQL, READ COMMITTED).
             await conn.execute(delete(s.blobs).where(s.blobs.c.digest == str(digest)))
+            await conn.execute(delete(s.repository_blobs).where(s.repository_blobs.c.digest == str(digest)))
+
+    # -- blob locks and named locks -------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lock_blob(self, digest: Digest) -> AsyncIterator[None]:
+        """On SQLite: one of 256 striped ``flock`` files, polled so the event loop never blocks.
+        On PostgreSQL: an advisory lock (waited for) on a connection of its own."""
+        if self._pg_locks is not None:
+            async with self._pg_locks.hold("blob", str(digest), wait=True):
+                yield
+            return
+        assert self._lock_dir is not None
+        stripe = hashlib.sha256(str(digest).encode()).hexdigest()[:2]
+        fd = os.open(self._lock_dir / f"blob-{stripe}", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            delay = 0.001
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    @asynccontextmanager
+    async def try_lock(self, name: str) -> AsyncIterator[bool]:
+        if self._pg_locks is not None:
+            async with self._pg_locks.hold("named", name, wait=False) as held:
+                yield held
+            return
+        assert self._lock_dir is not None
+        fd = os.open(self._lock_dir / f"named-{name}", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    # -- garbage collection -------------------------------------------------------------------------
+
+    async def has_manifest(self, digest: Digest) -> bool:
+        async with self._read.connect() as conn:
+            q = select(s.manifests.c.digest).where(s.manifests.c.digest == str(digest)).limit(1)
+            return (await conn.execute(q)).first() is not None
+
+    async def gc_repository_view(self, repository: str) -> RepositoryView:
+        view = RepositoryView(created={}, subjects={}, children={}, tagged=set())
+        async with self._read.connect() as conn:
+            rows = await conn.execute(
+                select(s.manifests.c.digest, s.manifests.c.subject, s.manifests.c.created_at).where(
+                    s.manifests.c.repository == repository
+                )
+            )
+            for digest, subject, created in rows:
+                view.created[Digest.parse(digest)] = created
+                if subject:
+                    view.subjects[Digest.parse(digest)] = Digest.parse(subject)
+            edges = await conn.execute(
+                select(s.manifest_refs.c.manifest, s.manifest_refs.c.digest).where(
+                    s.manifest_refs.c.repository == repository, s.manifest_refs.c.kind == "manifest"
+                )
+            )
+            for parent, child in edges:
+                view.children.setdefault(Digest.parse(parent), set()).add(Digest.parse(child))
+            tagged = await conn.execute(select(s.tags.c.digest).where(s.tags.c.repository == repository))
+            view.tagged = {Digest.parse(d) for d in tagged.scalars()}
+        return view
+
+    async def gc_delete_manifests(
+        self, repository: str, digests: Sequence[Digest], cutoff: float
+    ) -> list[Digest]:
+        if not digests:
+            return []
+        doomed = {str(d) for d in digests}
+        m, refs, t = s.manifests, s.manifest_refs, s.tags
+        async with self._begin() as conn:
+            # Re-check inside the write transaction: still untagged, still old, and no manifest
+            # outside the doomed set (say, an index pushed meanwhile) references it.
+            tagged = set(
+                (
+                    await conn.execute(
+                        select(t.c.digest).where(t.c.repository == repository, t.c.digest.in_(doomed))
+                    )
+                ).scalars()
+            )
+            young = set(
+                (
+                    await conn.execute(
+                        select(m.c.digest).where(
+                            m.c.repository == repository, m.c.digest.in_(doomed), m.c.created_at >= cutoff
+                        )
+                    )
+                ).scalars()
+            )
+            wanted = set(
+                (
+                    await conn.execute(
+                        select(refs.c.digest).where(
+                            refs.c.repository == repository,
+                            refs.c.kind == "manifest",
+                            refs.c.digest.in_(doomed),
+                            refs.c.manifest.not_in(doomed),
+                        )
+                    )
+                ).scalars()
+            )
+            victims = doomed - tagged - young - wanted
+            if not victims:
+                return []
+            await conn.execute(delete(m).where(m.c.repository == repository, m.c.digest.in_(victims)))
+            await conn.execute(
+                delete(refs).where(refs.c.repository == repository, refs.c.manifest.in_(victims))
+            )
+            return sorted(Digest.parse(d) for d in victims)
+
+    def _unreferenced_links(self, repository: str, cutoff: float) -> Any:
+        link, refs = s.repository_blobs, s.manifest_refs
+        return and_(
+            link.c.repository == repository,
+            link.c.created_at < cutoff,
+            ~select(refs.c.digest)
+            .where(
+                refs.c.repository == link.c.repository, refs.c.digest == link.c.digest, refs.c.kind == "blob"
+            )
+            .exists(),
+        )
+
+    async def gc_unreferenced_links(self, repository: str, cutoff: float, delete_them: bool) -> list[Digest]:
+        link = s.repository_blobs
+        condition = self._unreferenced_links(repository, cutoff)
+        if not delete_them:
+            async with self._read.connect() as conn:
+                return [
+                    Digest.parse(d)
+                    for d in (await conn.execute(select(link.c.digest).where(condition))).scalars()
+                ]
+        async with self._begin() as conn:
+            found = [
+                Digest.parse(d)
+                for d in (await conn.execute(select(link.c.digest).where(condition))).scalars()
+            ]
+            await conn.execute(delete(link).where(condition))
+            return found
+
+    async def gc_unlinked_blobs(self) -> list[tuple[Digest, int]]:
+        b, link = s.blobs, s.repository_blobs
+        q = select(b.c.digest, b.c.size).where(
+            ~select(link.c.digest).where(link.c.digest == b.c.digest).exists()
+        )
+        async with self._read.connect() as conn:
+            return [(Digest.parse(d), size) for d, size in await conn.execute(q)]
+
+    async def blob_recorded(self, digest: Digest) -> bool:
+        async with self._read.connect() as conn:
+            q = select(s.blobs.c.digest).where(s.blobs.c.digest == str(digest))
+            return (await conn.execute(q)).first() is not None
+
+    async def gc_forget_blob(self, digest: Digest) -> bool:
+        b, link, m = s.blobs, s.repository_blobs, s.manifests
+        async with self._begin() as conn:
+            result = await conn.execute(
+                delete(b).where(
+                    b.c.digest == str(digest),
+                    ~select(link.c.digest).where(link.c.digest == str(digest)).exists(),
+                    ~select(m.c.digest).where(m.c.digest == str(digest)).exists(),
+                )
+            )
+            return bool(result.rowcount)
+
+    async def delete_tag_if(self, repository: str, tag: str, digest: Digest) -> bool:
+        async with self._begin() as conn:
+            result = await conn.execute(
+                delete(s.tags).where(
+                    s.tags.c.repository == repository, s.tags.c.name == tag, s.tags.c.digest == str(digest)
+                )
+            )
+            return bool(result.rowcount)
+
+    async def list_tag_records(self, repository: str) -> list[tuple[str, Digest, float]]:
+        q = select(s.tags.c.name, s.tags.c.digest, s.tags.c.updated_at).where(
+            s.tags.c.repository == repository
+        )
+        async with self._read.connect() as conn:
+            return [(name, Digest.parse(d), at) for name, d, at in await conn.execute(q)]
+
+    async def upload_ids_of(self, repository: str) -> list[str]:
+        async with self._read.connect() as conn:
+            q = select(s.uploads.c.id).where(s.uploads.c.repository == repository)
+            return list((await conn.execute(q)).scalars())
+
+    async def delete_repository(self, repository: str) -> bool:
+        async with self._begin() as conn:
+            for table in (s.tags, s.manifest_refs, s.manifests, s.repository_blobs, s.uploads):
+                await conn.execute(delete(table).where(table.c.repository == repository))
+            result = await conn.execute(delete(s.repositories).where(s.repositories.c.name == repository))
+            return bool(result.rowcount)
+
+    async def record_gc_run(self, run: dict[str, Any]) -> None:
+        async with self._begin() as conn:
+            await conn.execute(s.gc_runs.insert().values(**run))
+
+    async def statistics(self) -> dict[str, float]:
+        async with self._read.connect() as conn:
+            stats: dict[str, float] = {}
+            row = (await conn.execute(select(func.count(), func.coalesce(func.sum(s.blobs.c.size), 0)))).one()
+            stats["blobs"], stats["blob_bytes"] = float(row[0]), float(row[1])
+            row = (
+                await conn.execute(select(func.count(), func.coalesce(func.sum(s.manifests.c.size), 0)))
+            ).one()
+            stats["manifests"], stats["manifest_bytes"] = float(row[0]), float(row[1])
+            stats["repositories"] = float(
+                (await conn.execute(select(func.count()).select_from(s.repositories))).scalar() or 0
+            )
+            stats["uploads"] = float(
+                (await conn.execute(select(func.count()).select_from(s.uploads))).scalar() or 0
+            )
+            g = s.gc_runs
+            row = (
+                await conn.execute(
+                    select(func.count(), func.coalesce(func.sum(g.c.bytes_freed), 0)).where(
+                        g.c.dry_run.is_(False)
+                    )
+                )
+            ).one()
+            stats["gc_runs"], stats["gc_bytes_freed"] = float(row[0]), float(row[1])
+            last = (
+                await conn.execute(
+                    select(g.c.started_at, g.c.duration)
+                    .where(g.c.dry_run.is_(False))
+                    .order_by(g.c.id.desc())
+                    .limit(1)
+                )
+            ).first()
+            if last is not None:
+                stats["gc_last_started"], stats["gc_last_duration"] = float(last[0]), float(last[1])
+            return stats
 
     @asynccontextmanager
     async def lock_upload(self, upload_id: str) -> AsyncIterator[bool]:
-        """One writer per session. On SQLite: an ``flock`` that the kernel drops with its process."""
-        assert self._lock_dir is not None, "session locks on this engine come with PostgreSQL support"
+        """One writer per session. On SQLite: an ``flock`` that the kernel drops with its process;
+        on PostgreSQL: an advisory lock that the server drops with the holder's connection."""
+        if self._pg_locks is not None:
+            async with self._pg_locks.hold("upload", upload_id, wait=False) as held:
+                yield held
+            return
+        assert self._lock_dir is not None
         path = self._lock_dir / upload_id
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

@@ -115,14 +115,15 @@ class ParsedManifest:
             annotations=self.annotations,
         )
 
-    def refs(self) -> list[ManifestRef]:
+    def refs(self, children_required: bool = True) -> list[ManifestRef]:
         seen: set[tuple[Digest, str]] = set()
         out: list[ManifestRef] = []
         for kind, descriptors in (("blob", self.blobs), ("manifest", self.children)):
             for d in descriptors:
                 if (d.digest, kind) not in seen:
                     seen.add((d.digest, kind))
-                    out.append(ManifestRef(d.digest, kind))
+                    required = not d.non_distributable if kind == "blob" else children_required
+                    out.append(ManifestRef(d.digest, kind, required))
         return out
 
 

@@ -36,6 +36,7 @@ class ManifestRef:
 
     digest: Digest
     kind: str  # "blob" (config, layers, blobs) or "manifest" (index children)
+    required: bool = True  # must exist in the repository (not for non-distributable layers)
 
 
 @dataclass
@@ -50,6 +51,16 @@ class UploadSession:
     updated_at: float = 0.0
     owner: str | None = None  # the identity that opened it (sessions are not transferable)
     backend_state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RepositoryView:
+    """What garbage collection needs to know of one repository's manifests."""
+
+    created: dict[Digest, float]  # manifest -> when recorded
+    subjects: dict[Digest, Digest]  # referrer -> its subject
+    children: dict[Digest, set[Digest]]  # index -> its child manifests
+    tagged: set[Digest]
 
 
 @dataclass(frozen=True)
@@ -179,6 +190,10 @@ class MetadataStore(Protocol):
 
     async def get_manifest(self, repository: str, digest: Digest) -> ManifestRecord | None: ...
 
+    async def has_manifest(self, digest: Digest) -> bool:
+        """Whether any repository records a manifest with this digest."""
+        ...
+
     async def resolve_tag(self, repository: str, tag: str) -> ManifestRecord | None: ...
 
     async def delete_manifest(self, repository: str, digest: Digest) -> bool:
@@ -227,6 +242,61 @@ class MetadataStore(Protocol):
 
     async def forget_blob(self, digest: Digest) -> None:
         """Drop a blob's record and every repository's link to it."""
+        ...
+
+    def lock_blob(self, digest: Digest) -> AbstractAsyncContextManager[None]:
+        """Serialise what makes a blob's bytes needed (a commit, a mount, a manifest push) with
+        garbage collection deleting them. Waits for the lock; dies with its holder."""
+        ...
+
+    def try_lock(self, name: str) -> AbstractAsyncContextManager[bool]:
+        """A named lock across workers and nodes (e.g. one garbage collector at a time)."""
+        ...
+
+    # garbage collection (conditional deletes: each re-checks its condition in its transaction)
+    async def gc_repository_view(self, repository: str) -> RepositoryView: ...
+
+    async def gc_delete_manifests(
+        self, repository: str, digests: Sequence[Digest], cutoff: float
+    ) -> list[Digest]:
+        """Delete those manifests that are still untagged, older than ``cutoff`` and referenced
+        by no manifest outside the set; returns the ones deleted."""
+        ...
+
+    async def gc_unreferenced_links(self, repository: str, cutoff: float, delete_them: bool) -> list[Digest]:
+        """Links older than ``cutoff`` that no manifest of the repository references."""
+        ...
+
+    async def gc_unlinked_blobs(self) -> list[tuple[Digest, int]]:
+        """Blob records no repository links."""
+        ...
+
+    async def blob_recorded(self, digest: Digest) -> bool:
+        """Whether the blob has a record (linked or not)."""
+        ...
+
+    async def gc_forget_blob(self, digest: Digest) -> bool:
+        """Drop the blob's record if still nothing links it and no manifest has its digest."""
+        ...
+
+    async def delete_tag_if(self, repository: str, tag: str, digest: Digest) -> bool:
+        """Delete a tag only if it still points at ``digest``."""
+        ...
+
+    async def list_tag_records(self, repository: str) -> list[tuple[str, Digest, float]]:
+        """Every tag of a repository with its digest and when it was last moved."""
+        ...
+
+    async def upload_ids_of(self, repository: str) -> list[str]: ...
+
+    async def delete_repository(self, repository: str) -> bool:
+        """Remove a repository's tags, manifests, links and sessions (bytes stay for GC)."""
+        ...
+
+    async def record_gc_run(self, run: dict[str, Any]) -> None: ...
+
+    async def statistics(self) -> dict[str, float]:
+        """Figures for /metrics: bytes and counts stored, the last collection."""
         ...
 
     def lock_upload(self, upload_id: str) -> AbstractAsyncContextManager[bool]:

@@ -171,12 +171,14 @@ class Registry:
         tags = self._push_tags(reference, extra_tags)
         parsed = parse_manifest(body, content_type)
         await self._check_references(repository, parsed)
-        try:
-            await self.blobs.put(digest, body)
-        except OSError as exc:
-            raise _storage_error(exc) from exc
-        crash_point("manifest.before_record")
-        await self.meta.put_manifest(repository, parsed.record(digest, len(body)), parsed.refs(), tags)
+        refs = parsed.refs(self.policy.index_requires_children)
+        async with self.meta.lock_blob(digest):
+            try:
+                await self.blobs.put(digest, body)
+            except OSError as exc:
+                raise _storage_error(exc) from exc
+            crash_point("manifest.before_record")
+            await self.meta.put_manifest(repository, parsed.record(digest, len(body)), refs, tags)
         crash_point("manifest.after_record")
         self._manifests.put(digest, body)
         return PushedManifest(digest, tags, parsed.subject.digest if parsed.subject else None)
@@ -229,6 +231,17 @@ class Registry:
         crash_point("delete.after")
         if not deleted:
             raise errors.RegistryError(errors.MANIFEST_UNKNOWN, detail={"reference": str(reference)})
+
+    async def delete_repository(self, repository: str) -> None:
+        """Remove a repository: tags, manifests, links, sessions. The bytes go at the next GC."""
+        self._check_delete_enabled()
+        for session_id in await self.meta.upload_ids_of(repository):
+            session = await self.meta.get_upload(session_id)
+            if session is not None:
+                self._hashers.drop(session.id)
+                await self.blobs.staging_delete(session)
+        if not await self.meta.delete_repository(repository):
+            raise errors.RegistryError(errors.NAME_UNKNOWN, detail={"name": repository})
 
     def _check_delete_enabled(self) -> None:
         if not self.policy.delete_enabled:
@@ -316,9 +329,12 @@ class Registry:
             holders = await self.meta.repositories_with_blob(digest, 1000)
             readable = next((r for r in holders if may_read(r)), None)
             size = await self.meta.linked_blob_size(readable, digest) if readable else None
-        if size is None or await self.blobs.stat(digest) is None:
+        if size is None:
             return None
-        await self.meta.link_blob(repository, digest, size)
+        async with self.meta.lock_blob(digest):
+            if await self.blobs.stat(digest) is None:
+                return None
+            await self.meta.link_blob(repository, digest, size)
         return size
 
     async def upload_status(self, repository: str, upload_id: str, owner: str | None = None) -> UploadSession:
@@ -479,14 +495,7 @@ class Registry:
     async def _publish(self, session: UploadSession, digest: Digest) -> None:
         """Verify the staged bytes against ``digest`` and make them a blob of the repository."""
         staged = await self.blobs.staging_size(session)
-        if staged is None:
-            # Only a commit that crashed after moving the bytes leaves no staging behind.
-            size = await self.blobs.stat(digest)
-            if size is None or size != session.offset:
-                raise errors.RegistryError(
-                    errors.BLOB_UPLOAD_INVALID, message="the session's staged bytes are gone"
-                )
-        else:
+        if staged is not None:
             hasher = self._hashers.take(session) if session.algorithm == digest.algorithm else None
             if hasher is None:
                 hasher = new_hasher(digest.algorithm)
@@ -500,13 +509,22 @@ class Registry:
                     detail={"digest": str(digest)},
                     message=f"uploaded content does not match digest {digest}",
                 )
-            crash_point("commit.before_move")
-            try:
-                await self.blobs.staging_commit(session, digest)
-            except OSError as exc:
-                raise _storage_error(exc) from exc
-            crash_point("commit.after_move")
-            size = session.offset
-        await self.meta.link_blob(session.repository, digest, size)
+        # Under the blob's lock, so a garbage collection cannot delete the bytes between their
+        # move into place and the link that makes them needed.
+        async with self.meta.lock_blob(digest):
+            if staged is None:
+                # Only a commit that crashed after moving the bytes leaves no staging behind.
+                if await self.blobs.stat(digest) != session.offset:
+                    raise errors.RegistryError(
+                        errors.BLOB_UPLOAD_INVALID, message="the session's staged bytes are gone"
+                    )
+            else:
+                crash_point("commit.before_move")
+                try:
+                    await self.blobs.staging_commit(session, digest)
+                except OSError as exc:
+                    raise _storage_error(exc) from exc
+                crash_point("commit.after_move")
+            await self.meta.link_blob(session.repository, digest, session.offset)
         crash_point("commit.after_link")
         await self._discard(session)

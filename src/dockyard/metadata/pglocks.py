@@ -1,0 +1,92 @@
+"""Locks across nodes on PostgreSQL: session-level advisory locks.
+
+Each held lock owns one database connection for its life (from a pool of its own, so held locks
+never starve the queries the holder still has to run). PostgreSQL releases a session's advisory
+locks when its connection ends, so a node that is killed mid-PATCH never leaves a session locked:
+its backend sees the socket close and goes, locks and all. TCP keepalives on these connections
+cover a node that vanishes without closing its sockets. Locks are keyed by a 64-bit hash of
+``namespace`` and name (collisions are as likely as guessing a 64-bit number).
+
+Session-level advisory locks need a real PostgreSQL session: connect directly or through a
+pooler in session mode (not PgBouncer's transaction mode).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+
+_TRY = text("SELECT pg_try_advisory_lock(:key)")
+_WAIT = text("SELECT pg_advisory_lock(:key)")
+_UNLOCK = text("SELECT pg_advisory_unlock(:key)")
+XACT_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+
+
+def lock_key(namespace: str, name: str) -> int:
+    """The signed 64-bit advisory lock key of ``name`` in ``namespace``."""
+    digest = hashlib.sha256(f"dockyard\0{namespace}\0{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+#: held (per transaction) while migrations run, so nodes starting together do not race
+MIGRATIONS_KEY = lock_key("schema", "migrations")
+
+
+class AdvisoryLocks:
+    """Advisory locks over their own connection pool."""
+
+    def __init__(self, url: str, max_held: int = 200) -> None:
+        self._engine = create_async_engine(
+            url,
+            pool_size=4,
+            max_overflow=max_held,
+            pool_pre_ping=True,
+            pool_recycle=1800,
+            connect_args={
+                "server_settings": {
+                    "application_name": "dockyard-locks",
+                    "tcp_keepalives_idle": "30",
+                    "tcp_keepalives_interval": "10",
+                    "tcp_keepalives_count": "3",
+                }
+            },
+        )
+
+    @asynccontextmanager
+    async def hold(self, namespace: str, name: str, wait: bool) -> AsyncIterator[bool]:
+        """Take the lock (waiting for it, or not); yields whether it is held."""
+        key = lock_key(namespace, name)
+        conn = await self._engine.connect()
+        try:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            result = await conn.execute(_WAIT if wait else _TRY, {"key": key})
+            held = True if wait else bool(result.scalar())
+        except BaseException:
+            # Cancelled while waiting, or the connection failed: closing it drops whatever it held.
+            await _discard(conn)
+            raise
+        try:
+            yield held
+        finally:
+            if held:
+                try:
+                    await conn.execute(_UNLOCK, {"key": key})
+                except BaseException:
+                    await _discard(conn)
+                    raise
+            await conn.close()
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+
+async def _discard(conn: AsyncConnection) -> None:
+    """Close the connection for good instead of returning it (and any lock) to the pool."""
+    try:
+        await conn.invalidate()
+    finally:
+        await conn.close()
