@@ -16,6 +16,7 @@ def policy_from(settings: Settings) -> Policy:
         upload_ttl_seconds=settings.upload_ttl_seconds,
         max_uploads_per_repository=settings.max_uploads_per_repository,
         max_page_size=settings.max_page_size,
+        link_refresh_seconds=settings.gc.grace_seconds / 2,
     )
 
 

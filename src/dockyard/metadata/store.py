@@ -72,7 +72,7 @@ def _record(row: Row[Any] | sqlite3.Row) -> ManifestRecord:
 # connection in the event loop thread: a primary-key read there takes microseconds, where the
 # async driver's thread hop costs far more than the query.
 _LINKED_SIZE = (
-    select(s.blobs.c.size)
+    select(s.blobs.c.size, s.repository_blobs.c.created_at)
     .join(s.repository_blobs, s.repository_blobs.c.digest == s.blobs.c.digest)
     .where(
         s.repository_blobs.c.repository == bindparam("repository"), s.blobs.c.digest == bindparam("digest")
@@ -262,13 +262,18 @@ class SqlMetadataStore:
         async with self._read.connect() as conn:
             return list((await conn.execute(q)).scalars())
 
-    async def linked_blob_size(self, repository: str, digest: Digest) -> int | None:
+    async def linked_blob(self, repository: str, digest: Digest) -> tuple[int, float] | None:
         params = {"repository": repository, "digest": str(digest)}
         if self._hot is not None:
-            row = self._hot.one("size", params)
-            return None if row is None else int(row[0])
+            hot = self._hot.one("size", params)
+            return None if hot is None else (int(hot[0]), float(hot[1]))
         async with self._read.connect() as conn:
-            return (await conn.execute(_LINKED_SIZE, params)).scalar()
+            row = (await conn.execute(_LINKED_SIZE, params)).first()
+        return None if row is None else (int(row[0]), float(row[1]))
+
+    async def linked_blob_size(self, repository: str, digest: Digest) -> int | None:
+        found = await self.linked_blob(repository, digest)
+        return None if found is None else found[0]
 
     async def blob_size(self, digest: Digest) -> int | None:
         q = (
@@ -300,10 +305,24 @@ class SqlMetadataStore:
                 # row-locks an existing record (see put_manifest and forget_blob)
                 .on_conflict_do_update(index_elements=[s.blobs.c.digest], set_={"size": s.blobs.c.size})
             )
+            # A link made again (re-upload, mount) counts as fresh: garbage collection measures
+            # its grace period from the last time the link was made or used.
+            link = s.repository_blobs
             await conn.execute(
-                self._insert(s.repository_blobs)
+                self._insert(link)
                 .values(repository=repository, digest=str(digest), created_at=now)
-                .on_conflict_do_nothing()
+                .on_conflict_do_update(
+                    index_elements=[link.c.repository, link.c.digest], set_={"created_at": now}
+                )
+            )
+
+    async def touch_link(self, repository: str, digest: Digest) -> None:
+        link = s.repository_blobs
+        async with self._begin() as conn:
+            await conn.execute(
+                update(link)
+                .where(link.c.repository == repository, link.c.digest == str(digest))
+                .values(created_at=time.time())
             )
 
     async def unlink_blob(self, repository: str, digest: Digest) -> bool:

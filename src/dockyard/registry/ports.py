@@ -159,6 +159,14 @@ class MetadataStore(Protocol):
 
     async def list_repositories(self, limit: int, last: str | None) -> list[str]: ...
 
+    async def linked_blob(self, repository: str, digest: Digest) -> tuple[int, float] | None:
+        """The blob's size and when the repository's link to it was last made or used."""
+        ...
+
+    async def touch_link(self, repository: str, digest: Digest) -> None:
+        """Mark the link as used now (garbage collection's grace period starts again)."""
+        ...
+
     async def linked_blob_size(self, repository: str, digest: Digest) -> int | None: ...
 
     async def blob_size(self, digest: Digest) -> int | None:

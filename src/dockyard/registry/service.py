@@ -37,6 +37,7 @@ class Policy:
     max_page_size: int = 10_000
     max_tags_per_push: int = 100
     manifest_cache_bytes: int = 64 * 1024 * 1024
+    link_refresh_seconds: float = 1800.0  # half of GC's default grace period
 
 
 @dataclass(frozen=True)
@@ -104,9 +105,14 @@ class Registry:
     # -- blobs ---------------------------------------------------------------------------------
 
     async def blob_info(self, repository: str, digest: Digest) -> BlobInfo:
-        size = await self.meta.linked_blob_size(repository, digest)
-        if size is None:
+        found = await self.meta.linked_blob(repository, digest)
+        if found is None:
             raise errors.RegistryError(errors.BLOB_UNKNOWN, detail={"digest": str(digest)})
+        size, linked_at = found
+        if linked_at < self._clock() - self.policy.link_refresh_seconds:
+            # A client that finds a blob here (HEAD) may push a manifest for it next: tell garbage
+            # collection the link is in use. A write at most once per refresh interval per link.
+            await self.meta.touch_link(repository, digest)
         return BlobInfo(
             digest=digest,
             size=size,
