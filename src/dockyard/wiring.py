@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dockyard.config import Settings
 from dockyard.metadata.store import SqlMetadataStore
+from dockyard.registry.ports import BlobStore
 from dockyard.registry.service import Policy, Registry
 from dockyard.storage.filesystem import FilesystemBlobStore
 
@@ -20,11 +21,48 @@ def policy_from(settings: Settings) -> Policy:
     )
 
 
+def missing_packages(settings: Settings) -> str | None:
+    """What to install for the configured backends, or None when everything is there."""
+    import importlib.util
+
+    needed = []
+    if settings.storage == "s3" and importlib.util.find_spec("aiobotocore") is None:
+        needed.append("s3")
+    postgres = settings.metadata_url.startswith(("postgres", "postgresql"))
+    if postgres and importlib.util.find_spec("asyncpg") is None:
+        needed.append("postgres")
+    return f"pip install 'dockyard[{','.join(needed)}]'" if needed else None
+
+
+def build_blob_store(settings: Settings) -> BlobStore:
+    """The configured bytes store: a directory, or an S3-compatible bucket."""
+    if settings.storage == "s3":
+        from dockyard.storage.s3 import S3BlobStore, S3Options
+
+        s3 = settings.s3
+        return S3BlobStore(
+            S3Options(
+                bucket=s3.bucket,
+                prefix=s3.prefix,
+                endpoint_url=s3.endpoint_url,
+                region=s3.region,
+                access_key_id=s3.access_key_id,
+                secret_access_key=s3.secret_access_key.get_secret_value() if s3.secret_access_key else None,
+                addressing_style=s3.addressing_style,
+                redirect=s3.redirect,
+                redirect_expiry_seconds=s3.redirect_expiry_seconds,
+                public_endpoint_url=s3.public_endpoint_url,
+                part_size=s3.part_size,
+            )
+        )
+    return FilesystemBlobStore(settings.data_dir)
+
+
 def build_registry(settings: Settings) -> Registry:
     """The core over the configured bytes and facts stores (not yet opened: ``meta.open()``)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return Registry(
-        FilesystemBlobStore(settings.data_dir),
-        SqlMetadataStore(settings.metadata_url),
+        build_blob_store(settings),
+        SqlMetadataStore(settings.metadata_url, migrate=settings.database_auto_migrate),
         policy_from(settings),
     )
