@@ -17,8 +17,16 @@ from aiohttp import web
 
 from dockyard.config import Settings
 from dockyard.http.app import create_app
+from dockyard.wiring import build_registry
 
 log = logging.getLogger("dockyard")
+
+
+async def _prepare_metadata(settings: Settings) -> None:
+    """Create or migrate the schema once, in the parent, before workers race to open it."""
+    core = build_registry(settings)
+    await core.meta.open()
+    await core.meta.close()
 
 
 def bind_socket(settings: Settings) -> socket.socket:
@@ -83,14 +91,24 @@ def _run_worker(settings: Settings, sock: socket.socket) -> None:
 
 def serve(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT. Workers that die are replaced; the socket stays open."""
+    tls_context(settings)  # a bad certificate or key fails here, before any worker starts
+    asyncio.run(_prepare_metadata(settings))
     sock = bind_socket(settings)
     log.info(
-        "dockyard listening on http://%s:%d/ (data: %s, workers: %d)",
+        "dockyard listening on %s://%s:%d/ (data: %s, workers: %d, auth: %s)",
+        "https" if settings.tls_cert else "http",
         settings.host,
         sock.getsockname()[1],
         settings.data_dir,
         settings.workers,
+        settings.auth.mode,
     )
+    if settings.auth.mode == "none" and not is_loopback(settings.host):
+        log.warning(
+            "listening on %s WITHOUT access control: anyone who can reach it may push and delete "
+            "(set auth.mode, see README 'Access control and TLS')",
+            settings.host,
+        )
     if settings.workers == 1:
         _run_worker(settings, sock)
         return

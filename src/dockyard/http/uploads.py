@@ -15,7 +15,6 @@ from dockyard.http.common import (
 from dockyard.registry import errors
 from dockyard.registry.digests import Digest
 from dockyard.registry.names import parse_name
-from dockyard.registry.uploads import ChunkRange
 
 
 def _blob_created(name: str, digest: Digest) -> web.Response:
@@ -29,9 +28,8 @@ def _blob_created(name: str, digest: Digest) -> web.Response:
     )
 
 
-def _chunk(request: web.Request) -> ChunkRange | None:
-    header = request.headers.get("Content-Range")
-    return ChunkRange.parse(header) if header else None
+def _chunk(request: web.Request) -> str | None:
+    return request.headers.get("Content-Range") or None
 
 
 def _has_body(request: web.Request) -> bool:

@@ -147,7 +147,25 @@ def _load_json(body: bytes) -> dict[str, Any]:
         raise _invalid(f"manifest is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise _invalid("manifest must be a JSON object")
+    _check_unicode(doc)
     return doc
+
+
+def _check_unicode(doc: Any) -> None:
+    """JSON escapes can spell lone surrogates (``"\\ud800"``), which no UTF-8 store can hold."""
+    stack = [doc]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _invalid("manifest strings must be valid Unicode (no lone surrogates)") from None
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
 
 
 def _base_type(content_type: str | None) -> str:
@@ -158,8 +176,8 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
     """Parse and validate a manifest pushed with ``content_type`` (spec: "Pushing Manifests")."""
     doc = _load_json(body)
     declared = doc.get("mediaType")
-    if declared is not None and not isinstance(declared, str):
-        raise _invalid("mediaType must be a string")
+    if declared is not None and (not isinstance(declared, str) or not declared):
+        raise _invalid("mediaType must be a non-empty string")
     header = _base_type(content_type)
     if declared in DOCKER_SCHEMA1 or header in DOCKER_SCHEMA1:
         raise _invalid("Docker schema 1 manifests are not supported; push schema 2 or OCI")

@@ -350,7 +350,7 @@ class Registry:
         self,
         repository: str,
         upload_id: str,
-        chunk: ChunkRange | None,
+        chunk: str | None,
         length: int | None,
         body: Body,
         owner: str | None = None,
@@ -369,7 +369,7 @@ class Registry:
         repository: str,
         upload_id: str,
         digest_text: str | None,
-        chunk: ChunkRange | None,
+        chunk: str | None,
         length: int | None,
         body: Body | None,
         owner: str | None = None,
@@ -435,7 +435,7 @@ class Registry:
         await self.meta.delete_upload(session.id)
 
     async def _append(
-        self, session: UploadSession, chunk: ChunkRange | None, length: int | None, body: Body
+        self, session: UploadSession, content_range: str | None, length: int | None, body: Body
     ) -> None:
         """Stream ``body`` onto the session's staged bytes, hashing on the way in.
 
@@ -451,6 +451,10 @@ class Registry:
             await self.meta.save_upload(session)
             self._hashers.drop(session.id)
         expected: int | None = length
+        try:
+            chunk = ChunkRange.parse(content_range) if content_range else None
+        except errors.RegistryError as exc:  # say where the session stands, whatever was wrong
+            raise SessionError(exc.error, session, str(exc)) from None
         if chunk is not None:
             if chunk.start != session.offset:
                 raise UploadOutOfOrder(
