@@ -43,9 +43,24 @@ async def body_stream(request: web.Request) -> AsyncIterator[bytes]:
             raise errors.RegistryError(
                 errors.BODY_TIMEOUT, message=f"no request body data for {timeout:g} seconds"
             ) from None
+        except ConnectionError:
+            # The client hung up. Bytes that arrived before it did are still in the stream's
+            # buffer (aiohttp raises before handing them over): keep them, then give up.
+            tail = _buffered(request.content)
+            if tail:
+                yield tail
+            raise
         if not data:
             return
         yield data
+
+
+def _buffered(stream: Any) -> bytes:
+    """What an aiohttp stream reader holds but has not handed out (private API; b"" if gone)."""
+    try:
+        return bytes(stream._read_nowait(-1)) if getattr(stream, "_buffer", None) else b""
+    except Exception:
+        return b""
 
 
 def content_length(request: web.Request) -> int | None:
