@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -22,7 +23,12 @@ def free_port() -> int:
 
 @dataclass
 class DockyardServer:
-    """One ``dockyard serve`` subprocess. ``url`` is ``http://127.0.0.1:<port>``."""
+    """One ``dockyard serve`` subprocess. ``url`` is ``http://127.0.0.1:<port>``.
+
+    A server behind TLS or access control takes ``scheme="https"``, the ``verify`` httpx needs to
+    reach it (an ``ssl.SSLContext``, with a client certificate for mTLS) and the ``ready_statuses``
+    its ``GET /v2/`` answers when up (401 when it asks for credentials).
+    """
 
     data_dir: Path
     workers: int = 1
@@ -31,10 +37,13 @@ class DockyardServer:
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    scheme: str = "http"
+    verify: Any = True
+    ready_statuses: tuple[int, ...] = (200,)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def host(self) -> str:
@@ -60,7 +69,8 @@ class DockyardServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"dockyard exited early:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/v2/", timeout=1.0).status_code == 200:
+                probe = httpx.get(f"{self.url}/v2/", timeout=1.0, verify=self.verify)
+                if probe.status_code in self.ready_statuses:
                     return self
             except httpx.TransportError:
                 pass

@@ -79,11 +79,10 @@ def create_app(settings: Settings) -> web.Application:
     for method, path, handler, access in ROUTES:
         route_access[app.router.add_route(method, path, handler)] = access
     app[auth.ROUTE_ACCESS] = route_access
-    auth.install(app, settings)
-
     core = build_registry(settings)
     app[REGISTRY] = core
     app[BODY_TIMEOUT] = settings.body_timeout_seconds
+    auth.install(app, settings)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await core.meta.open()

@@ -15,24 +15,35 @@ import asyncio
 import base64
 import binascii
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from dockyard.auth.access import AccessPolicy, Identity
 from dockyard.auth.htpasswd import Htpasswd
-from dockyard.auth.ratelimit import FailedLogins
 from dockyard.auth.tokens import Claims, Grant, InvalidToken, TokenAuthority, parse_scope
 from dockyard.config import Settings
-from dockyard.http.common import json_response
+from dockyard.http.common import REGISTRY, json_response
 from dockyard.http.errors import Handler
 from dockyard.registry import errors
 
 log = logging.getLogger("dockyard.auth")
+
+FAILED_LOGIN_WINDOW = 60.0
+
+
+class LoginFailures(Protocol):
+    """Where failed logins are counted (the metadata store: shared by workers and nodes)."""
+
+    async def record_login_failure(self, keys: list[str]) -> None: ...
+
+    async def login_retry_after(self, keys: list[str], limit: int, window: float) -> float | None: ...
+
 
 IDENTITY = "dockyard.identity"
 CLAIMS = "dockyard.claims"
@@ -58,27 +69,50 @@ class Guard:
         self.policy = AccessPolicy(auth)
         self.htpasswd = Htpasswd(auth.htpasswd or settings.data_dir / "auth" / "htpasswd")
         self.tokens = TokenAuthority(auth, settings.data_dir) if auth.mode == "token" else None
-        self.limiter = FailedLogins(auth.max_failed_logins)
+        self.max_failed_logins = auth.max_failed_logins
+        self.failures: LoginFailures | None = None  # the metadata store, set by install()
+        self._clear_until: dict[str, float] = {}  # keys with no recent failures, until when
 
     # -- who is it ------------------------------------------------------------------------------
 
-    async def check_password(self, request: web.Request, user: str, password: str) -> Identity:
+    async def check_password(
+        self, request: web.Request, user: str, password: str, basic_challenge: bool = False
+    ) -> Identity:
+        """A user name and password from htpasswd. Failed attempts are counted per client address
+        and per user in the metadata store, so the limit holds across workers and nodes; a
+        password verified a moment ago skips bcrypt and the count."""
         keys = [f"addr:{request.remote}", f"user:{user}"]
-        wait = self.limiter.retry_after(keys)
+        wait = await self._retry_after(keys)
         if wait is not None:
             raise errors.RegistryError(
                 errors.TOOMANYREQUESTS,
                 message="too many failed logins; try again later",
                 headers={"Retry-After": str(int(wait) + 1)},
             )
-        ok = self.htpasswd.known_fast(user, password) or await asyncio.to_thread(
-            self.htpasswd.verify, user, password
-        )
-        if not ok:
-            self.limiter.failed(keys)
-            log.warning("failed login for user %r from %s", user[:64], request.remote)
-            raise self.unauthorized(request, None, "invalid username or password")
+        if not (
+            self.htpasswd.known_fast(user, password)
+            or await asyncio.to_thread(self.htpasswd.verify, user, password)
+        ):
+            assert self.failures is not None
+            await self.failures.record_login_failure(keys)
+            self._clear_until.clear()
+            log.warning("failed login from %s", request.remote)
+            raise self.unauthorized(request, None, "invalid username or password", basic=basic_challenge)
         return self.policy.identify(user, "password")
+
+    async def _retry_after(self, keys: list[str]) -> float | None:
+        """The shared count, asked at most once a second per client and user while clean."""
+        now = time.monotonic()
+        if all(self._clear_until.get(k, 0.0) > now for k in keys):
+            return None
+        assert self.failures is not None
+        wait = await self.failures.login_retry_after(keys, self.max_failed_logins, FAILED_LOGIN_WINDOW)
+        if wait is None:
+            if len(self._clear_until) > 100_000:
+                self._clear_until.clear()
+            for k in keys:
+                self._clear_until[k] = now + 1.0
+        return wait
 
     def certificate_identity(self, request: web.Request) -> Identity | None:
         transport = request.transport
@@ -96,8 +130,10 @@ class Guard:
         scheme, _, value = header.partition(" ")
         scheme = scheme.lower()
         if scheme == "basic" and self.mode in ("basic", "mtls"):
-            user, password = _basic(value)
-            return Credentials(await self.check_password(request, user, password), None)
+            parsed = _basic(value)
+            if parsed is None:
+                raise self.unauthorized(request, None, "malformed Basic credentials")
+            return Credentials(await self.check_password(request, *parsed), None)
         if scheme == "bearer" and self.tokens is not None:
             try:
                 claims = self.tokens.verify(value.strip())
@@ -122,8 +158,10 @@ class Guard:
 
     # -- saying no --------------------------------------------------------------------------------
 
-    def challenge(self, request: web.Request, scope: str | None, error: str | None = None) -> str:
-        if self.mode == "token":
+    def challenge(
+        self, request: web.Request, scope: str | None, error: str | None = None, basic: bool = False
+    ) -> str:
+        if self.mode == "token" and not basic:
             realm = self.settings.token_realm or f"{request.scheme}://{request.host}/auth/token"
             parts = [f'realm="{realm}"', f'service="{self.settings.token_service}"']
             if scope:
@@ -134,23 +172,27 @@ class Guard:
         return f'Basic realm="{self.settings.realm}"'
 
     def unauthorized(
-        self, request: web.Request, scope: str | None, message: str, error: str | None = None
+        self,
+        request: web.Request,
+        scope: str | None,
+        message: str,
+        error: str | None = None,
+        basic: bool = False,
     ) -> errors.RegistryError:
+        """401 with the challenge the client must answer (Basic at the token endpoint)."""
         return errors.RegistryError(
             errors.UNAUTHORIZED,
             message=message,
-            headers={"WWW-Authenticate": self.challenge(request, scope, error)},
+            headers={"WWW-Authenticate": self.challenge(request, scope, error, basic)},
         )
 
 
-def _basic(value: str) -> tuple[str, str]:
+def _basic(value: str) -> tuple[str, str] | None:
     try:
         user, sep, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
-        user, sep, password = "", "", ""
-    if not sep or not user:
-        raise errors.RegistryError(errors.UNAUTHORIZED, message="malformed Basic credentials")
-    return user, password
+        return None
+    return (user, password) if sep and user else None
 
 
 GUARD = web.AppKey("guard", Guard)
@@ -201,7 +243,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             raise guard.unauthorized(request, None, "authentication required")
     elif access == "catalog":
         if not guard.may_list_catalog(creds):
-            raise guard.unauthorized(request, "registry:catalog:*", "authentication required")
+            error = "insufficient_scope" if creds.claims is not None else None
+            raise guard.unauthorized(request, "registry:catalog:*", "authentication required", error=error)
     else:
         name = request.match_info.get("name", "")
         if not guard.may(creds, name, access):
@@ -268,8 +311,10 @@ async def token_get(request: web.Request) -> web.Response:
     identity = None
     header = request.headers.get("Authorization", "")
     if header.lower().startswith("basic "):
-        user, password = _basic(header[6:])
-        identity = await guard.check_password(request, user, password)
+        parsed = _basic(header[6:])
+        if parsed is None:
+            raise guard.unauthorized(request, None, "malformed Basic credentials", basic=True)
+        identity = await guard.check_password(request, *parsed, basic_challenge=True)
     scopes = request.query.getall("scope", [])
     refresh = request.query.get("offline_token", "").lower() == "true"
     return json_response(
@@ -286,7 +331,7 @@ async def token_post(request: web.Request) -> web.Response:
     grant_type = str(form.get("grant_type", ""))
     if grant_type == "password":
         identity = await guard.check_password(
-            request, str(form.get("username", "")), str(form.get("password", ""))
+            request, str(form.get("username", "")), str(form.get("password", "")), basic_challenge=True
         )
     elif grant_type == "refresh_token":
         try:
@@ -314,6 +359,7 @@ def install(app: web.Application, settings: Settings) -> None:
     if settings.auth.mode == "none":
         return
     guard = Guard(settings)
+    guard.failures = app[REGISTRY].meta
     app[GUARD] = guard
     if guard.tokens is not None and settings.auth.issue_tokens:
         app.router.add_get("/auth/token", token_get)

@@ -104,6 +104,15 @@ gc_runs = Table(
     Column("bytes_freed", BigInteger, nullable=False),
 )
 
+# Failed logins per client address and per user, for the limit every worker and node shares.
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("key", String(300), nullable=False),
+    Column("at", Float, nullable=False),
+    Index("ix_login_failures_key_at", "key", "at"),
+)
+
 uploads = Table(
     "uploads",
     metadata,

@@ -9,7 +9,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -59,11 +59,11 @@ def async_url(url: str) -> str:
 def _record(row: Row[Any] | sqlite3.Row) -> ManifestRecord:
     m: Any = row._mapping if isinstance(row, Row) else row
     return ManifestRecord(
-        digest=Digest.parse(m["digest"]),
+        digest=Digest.trusted(m["digest"]),
         media_type=m["media_type"],
         size=m["size"],
         artifact_type=m["artifact_type"],
-        subject=Digest.parse(m["subject"]) if m["subject"] else None,
+        subject=Digest.trusted(m["subject"]) if m["subject"] else None,
         annotations=json.loads(m["annotations"]) if m["annotations"] else None,
     )
 
@@ -88,6 +88,7 @@ _TAGGED_MANIFEST = (
     )
     .where(s.tags.c.repository == bindparam("repository"), s.tags.c.name == bindparam("tag"))
 )
+_UPLOAD = select(s.uploads).where(s.uploads.c.id == bindparam("id"))
 _SQLITE_NAMED = sqlite.dialect(paramstyle="named")
 
 
@@ -104,8 +105,15 @@ class _SqliteHotReads:
         self._conn: sqlite3.Connection | None = None
         self._sql = {
             name: _sqlite_sql(q)
-            for name, q in (("size", _LINKED_SIZE), ("manifest", _MANIFEST), ("tag", _TAGGED_MANIFEST))
+            for name, q in (
+                ("size", _LINKED_SIZE),
+                ("manifest", _MANIFEST),
+                ("tag", _TAGGED_MANIFEST),
+                ("upload", _UPLOAD),
+            )
         }
+        self._version = -1
+        self._cache: dict[tuple[str, ...], Any] = {}
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():  # never share a connection across fork
@@ -120,22 +128,42 @@ class _SqliteHotReads:
         row: sqlite3.Row | None = self._connection().execute(self._sql[name], params).fetchone()
         return row
 
+    def cached(self, name: str, params: dict[str, str], convert: Callable[[sqlite3.Row], Any]) -> Any:
+        """``convert(one(...))``, remembered until any connection commits a change: SQLite's
+        ``data_version`` moves on every commit by another connection, in any process."""
+        conn = self._connection()
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._version:
+            self._cache.clear()
+            self._version = version
+        key = (name, *params.values())
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        row = conn.execute(self._sql[name], params).fetchone()
+        value = convert(row) if row is not None else None
+        if len(self._cache) < 50_000:
+            self._cache[key] = value
+        return value
+
     def close(self) -> None:
         if self._conn is not None and self._pid == os.getpid():
             self._conn.close()
         self._conn = None
 
 
-def _session(row: Row[Any]) -> UploadSession:
+def _session(row: Row[Any] | sqlite3.Row) -> UploadSession:
+    m: Any = row._mapping if isinstance(row, Row) else row
     return UploadSession(
-        id=row.id,
-        repository=row.repository,
-        offset=row.staged_bytes,
-        algorithm=row.algorithm,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        owner=row.owner,
-        backend_state=json.loads(row.backend_state),
+        id=m["id"],
+        repository=m["repository"],
+        offset=m["staged_bytes"],
+        algorithm=m["algorithm"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        owner=m["owner"],
+        backend_state=json.loads(m["backend_state"]),
     )
 
 
@@ -265,8 +293,10 @@ class SqlMetadataStore:
     async def linked_blob(self, repository: str, digest: Digest) -> tuple[int, float] | None:
         params = {"repository": repository, "digest": str(digest)}
         if self._hot is not None:
-            hot = self._hot.one("size", params)
-            return None if hot is None else (int(hot[0]), float(hot[1]))
+            found: tuple[int, float] | None = self._hot.cached(
+                "size", params, lambda row: (int(row[0]), float(row[1]))
+            )
+            return found
         async with self._read.connect() as conn:
             row = (await conn.execute(_LINKED_SIZE, params)).first()
         return None if row is None else (int(row[0]), float(row[1]))
@@ -452,8 +482,8 @@ class SqlMetadataStore:
 
     async def _one_manifest(self, name: str, statement: Any, params: dict[str, str]) -> ManifestRecord | None:
         if self._hot is not None:
-            hot = self._hot.one(name, params)
-            return _record(hot) if hot is not None else None
+            record: ManifestRecord | None = self._hot.cached(name, params, _record)
+            return record
         async with self._read.connect() as conn:
             row = (await conn.execute(statement, params)).first()
         return _record(row) if row else None
@@ -530,6 +560,9 @@ class SqlMetadataStore:
             )
 
     async def get_upload(self, upload_id: str) -> UploadSession | None:
+        if self._hot is not None:
+            hot = self._hot.one("upload", {"id": upload_id})
+            return _session(hot) if hot is not None else None
         async with self._read.connect() as conn:
             row = (await conn.execute(select(s.uploads).where(s.uploads.c.id == upload_id))).first()
         return _session(row) if row else None
@@ -549,6 +582,8 @@ class SqlMetadataStore:
     async def delete_upload(self, upload_id: str) -> None:
         async with self._begin() as conn:
             await conn.execute(delete(s.uploads).where(s.uploads.c.id == upload_id))
+        if self._lock_dir is not None:  # its lock file goes with it (a holder keeps its inode)
+            (self._lock_dir / upload_id).unlink(missing_ok=True)
 
     async def count_uploads(self, repository: str) -> int:
         q = select(func.count()).select_from(s.uploads).where(s.uploads.c.repository == repository)
@@ -811,6 +846,25 @@ class SqlMetadataStore:
             result = await conn.execute(delete(s.repositories).where(s.repositories.c.name == repository))
             return bool(result.rowcount)
 
+    async def record_login_failure(self, keys: list[str]) -> None:
+        now = time.time()
+        f = s.login_failures
+        async with self._begin() as conn:
+            await conn.execute(f.insert(), [{"key": key, "at": now} for key in keys])
+            await conn.execute(delete(f).where(f.c.at < now - 3600))
+
+    async def login_retry_after(self, keys: list[str], limit: int, window: float) -> float | None:
+        now = time.time()
+        f = s.login_failures
+        q = (
+            select(f.c.key, func.count(), func.min(f.c.at))
+            .where(f.c.key.in_(keys), f.c.at > now - window)
+            .group_by(f.c.key)
+        )
+        async with self._read.connect() as conn:
+            waits = [first + window - now for _, count, first in await conn.execute(q) if count >= limit]
+        return max(waits) if waits else None
+
     async def record_gc_run(self, run: dict[str, Any]) -> None:
         async with self._begin() as conn:
             await conn.execute(s.gc_runs.insert().values(**run))
@@ -871,13 +925,6 @@ class SqlMetadataStore:
             try:
                 yield True
             finally:
-                if not path.exists() or not await self._upload_exists(upload_id):
-                    path.unlink(missing_ok=True)
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
-
-    async def _upload_exists(self, upload_id: str) -> bool:
-        async with self._read.connect() as conn:
-            row = (await conn.execute(select(s.uploads.c.id).where(s.uploads.c.id == upload_id))).first()
-        return row is not None

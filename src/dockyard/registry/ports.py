@@ -142,6 +142,10 @@ class BlobStore(Protocol):
         """The upload ids that have a staging area."""
         ...
 
+    async def close(self) -> None:
+        """Release connections (an object store's client); the store is not used after."""
+        ...
+
 
 # ---------------------------------------------------------------------------------------------
 # facts
@@ -299,6 +303,14 @@ class MetadataStore(Protocol):
 
     async def delete_repository(self, repository: str) -> bool:
         """Remove a repository's tags, manifests, links and sessions (bytes stay for GC)."""
+        ...
+
+    async def record_login_failure(self, keys: list[str]) -> None:
+        """Count a failed login against each key (client address, user)."""
+        ...
+
+    async def login_retry_after(self, keys: list[str], limit: int, window: float) -> float | None:
+        """Seconds until the keys may try again, when any has ``limit`` failures in ``window``."""
         ...
 
     async def record_gc_run(self, run: dict[str, Any]) -> None: ...

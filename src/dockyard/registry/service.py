@@ -8,6 +8,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +78,12 @@ class _ManifestCache:
         while self.used > self.capacity:
             _, old = self.entries.popitem(last=False)
             self.used -= len(old)
+
+
+def _check_upload_id(upload_id: str) -> None:
+    """Upload ids name files and lock files: only our own UUIDs get that far."""
+    if not _UPLOAD_ID.fullmatch(upload_id):
+        raise errors.RegistryError(errors.BLOB_UPLOAD_UNKNOWN, detail={"uuid": upload_id[:64]})
 
 
 def _storage_error(exc: OSError) -> errors.RegistryError:
@@ -356,11 +363,7 @@ class Registry:
         owner: str | None = None,
     ) -> UploadSession:
         """Append a chunk (PATCH); a chunk must start where the session ends."""
-        session = await self._session(repository, upload_id, owner)
-        async with self.meta.lock_upload(upload_id) as locked:
-            if not locked:
-                raise UploadOutOfOrder(session, "another request is writing to this upload session")
-            session = await self._session(repository, upload_id, owner)
+        async with self._writer(repository, upload_id, owner) as session:
             await self._append(session, chunk, length, body)
         return session
 
@@ -378,11 +381,7 @@ class Registry:
         if not digest_text:
             raise errors.RegistryError(errors.DIGEST_INVALID, message="the digest parameter is required")
         digest = Digest.parse(digest_text)
-        session = await self._session(repository, upload_id, owner)
-        async with self.meta.lock_upload(upload_id) as locked:
-            if not locked:
-                raise UploadOutOfOrder(session, "another request is writing to this upload session")
-            session = await self._session(repository, upload_id, owner)
+        async with self._writer(repository, upload_id, owner) as session:
             if body is not None:
                 await self._append(session, chunk, length, body)
             await self._publish(session, digest)
@@ -401,10 +400,7 @@ class Registry:
             raise
 
     async def cancel_upload(self, repository: str, upload_id: str, owner: str | None = None) -> None:
-        session = await self._session(repository, upload_id, owner)
-        async with self.meta.lock_upload(upload_id) as locked:
-            if not locked:
-                raise UploadOutOfOrder(session, "another request is writing to this upload session")
+        async with self._writer(repository, upload_id, owner) as session:
             await self._discard(session)
 
     async def purge_stale_uploads(self) -> int:
@@ -416,10 +412,22 @@ class Registry:
                     await self._discard(session)
         return len(stale)
 
+    @asynccontextmanager
+    async def _writer(
+        self, repository: str, upload_id: str, owner: str | None
+    ) -> AsyncIterator[UploadSession]:
+        """The session, as its one writer (ARCHITECTURE.md invariant 3): a request racing the
+        writer is refused with 416 and where the session stands, never interleaved."""
+        _check_upload_id(upload_id)
+        async with self.meta.lock_upload(upload_id) as locked:
+            session = await self._session(repository, upload_id, owner)
+            if not locked:
+                raise UploadOutOfOrder(session, "another request is writing to this upload session")
+            yield session
+
     async def _session(self, repository: str, upload_id: str, owner: str | None) -> UploadSession:
         """The session, if it belongs to this repository and this client (else: unknown)."""
-        if not _UPLOAD_ID.fullmatch(upload_id):
-            raise errors.RegistryError(errors.BLOB_UPLOAD_UNKNOWN, detail={"uuid": upload_id[:64]})
+        _check_upload_id(upload_id)
         session = await self.meta.get_upload(upload_id)
         if session is None or session.repository != repository or session.owner != owner:
             raise errors.RegistryError(errors.BLOB_UPLOAD_UNKNOWN, detail={"uuid": upload_id[:64]})

@@ -190,5 +190,8 @@ class FilesystemBlobStore:
     async def staging_ids(self) -> list[str]:
         return sorted(entry.name for entry in self._uploads.iterdir() if entry.is_dir())
 
+    async def close(self) -> None:
+        """Nothing to release: files are opened per call."""
+
     async def staging_delete(self, session: UploadSession) -> None:
         await asyncio.to_thread(shutil.rmtree, self._uploads / session.id, True)
