@@ -111,6 +111,7 @@ def fsck(
             return await run_fsck(core, repair=repair, grace_seconds=grace_seconds)
         finally:
             await core.meta.close()
+            await core.blobs.close()
 
     report = asyncio.run(run())
     data = report.as_dict()
@@ -207,6 +208,7 @@ def _run_with_core(settings: Settings, work: Any) -> Any:
             return await work(core)
         finally:
             await core.meta.close()
+            await core.blobs.close()
 
     return asyncio.run(run())
 
@@ -345,3 +347,8 @@ def db_current(data_dir: Path | None, config_file: Path | None) -> None:
     current, head = asyncio.run(run())
     click.echo(f"current: {current or 'none'}\nhead: {head}")
     sys.exit(0 if current == head else 1)
+
+
+from dockyard.client.commands import register as _register_client_commands  # noqa: E402
+
+_register_client_commands(main)
