@@ -89,6 +89,15 @@ _TAGGED_MANIFEST = (
     .where(s.tags.c.repository == bindparam("repository"), s.tags.c.name == bindparam("tag"))
 )
 _UPLOAD = select(s.uploads).where(s.uploads.c.id == bindparam("id"))
+_SAVE_UPLOAD = (
+    update(s.uploads)
+    .where(s.uploads.c.id == bindparam("id"))
+    .values(
+        staged_bytes=bindparam("staged_bytes"),
+        updated_at=bindparam("updated_at"),
+        backend_state=bindparam("backend_state"),
+    )
+)
 _SQLITE_NAMED = sqlite.dialect(paramstyle="named")
 
 
@@ -114,6 +123,9 @@ class _SqliteHotReads:
         }
         self._version = -1
         self._cache: dict[tuple[str, ...], Any] = {}
+        self._writer: sqlite3.Connection | None = None
+        self._writer_pid = -1
+        self._write_sql = {"save_upload": _sqlite_sql(_SAVE_UPLOAD)}
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():  # never share a connection across fork
@@ -127,6 +139,26 @@ class _SqliteHotReads:
     def one(self, name: str, params: dict[str, str]) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self._connection().execute(self._sql[name], params).fetchone()
         return row
+
+    def try_write(self, name: str, params: dict[str, Any]) -> bool:
+        """One write statement in its own transaction, only if the write lock is free now."""
+        if self._writer is None or self._writer_pid != os.getpid():
+            self._writer = sqlite3.connect(
+                self._path, isolation_level=None, check_same_thread=False, timeout=0
+            )
+            self._writer.execute("PRAGMA synchronous=FULL")
+            self._writer_pid = os.getpid()
+        try:
+            self._writer.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:  # busy: let the caller wait off the event loop
+            return False
+        try:
+            self._writer.execute(self._write_sql[name], params)
+            self._writer.execute("COMMIT")
+        except BaseException:
+            self._writer.execute("ROLLBACK")
+            raise
+        return True
 
     def cached(self, name: str, params: dict[str, str], convert: Callable[[sqlite3.Row], Any]) -> Any:
         """``convert(one(...))``, remembered until any connection commits a change: SQLite's
@@ -150,7 +182,9 @@ class _SqliteHotReads:
     def close(self) -> None:
         if self._conn is not None and self._pid == os.getpid():
             self._conn.close()
-        self._conn = None
+        if self._writer is not None and self._writer_pid == os.getpid():
+            self._writer.close()
+        self._conn = self._writer = None
 
 
 def _session(row: Row[Any] | sqlite3.Row) -> UploadSession:
@@ -568,16 +602,18 @@ class SqlMetadataStore:
         return _session(row) if row else None
 
     async def save_upload(self, session: UploadSession) -> None:
+        params = {
+            "id": session.id,
+            "staged_bytes": session.offset,
+            "updated_at": session.updated_at,
+            "backend_state": json.dumps(session.backend_state),
+        }
+        # Every PATCH ends here: on SQLite, try the one-statement write in place (it fails at
+        # once rather than wait when another writer holds the lock; then the async path waits).
+        if self._hot is not None and self._hot.try_write("save_upload", params):
+            return
         async with self._begin() as conn:
-            await conn.execute(
-                update(s.uploads)
-                .where(s.uploads.c.id == session.id)
-                .values(
-                    staged_bytes=session.offset,
-                    updated_at=session.updated_at,
-                    backend_state=json.dumps(session.backend_state),
-                )
-            )
+            await conn.execute(_SAVE_UPLOAD, params)
 
     async def delete_upload(self, upload_id: str) -> None:
         async with self._begin() as conn:
