@@ -91,11 +91,11 @@ _TAGGED_MANIFEST = (
 _UPLOAD = select(s.uploads).where(s.uploads.c.id == bindparam("id"))
 _SAVE_UPLOAD = (
     update(s.uploads)
-    .where(s.uploads.c.id == bindparam("id"))
+    .where(s.uploads.c.id == bindparam("session_id"))
     .values(
-        staged_bytes=bindparam("staged_bytes"),
-        updated_at=bindparam("updated_at"),
-        backend_state=bindparam("backend_state"),
+        staged_bytes=bindparam("new_offset"),
+        updated_at=bindparam("new_updated_at"),
+        backend_state=bindparam("new_backend_state"),
     )
 )
 _SQLITE_NAMED = sqlite.dialect(paramstyle="named")
@@ -603,10 +603,10 @@ class SqlMetadataStore:
 
     async def save_upload(self, session: UploadSession) -> None:
         params = {
-            "id": session.id,
-            "staged_bytes": session.offset,
-            "updated_at": session.updated_at,
-            "backend_state": json.dumps(session.backend_state),
+            "session_id": session.id,
+            "new_offset": session.offset,
+            "new_updated_at": session.updated_at,
+            "new_backend_state": json.dumps(session.backend_state),
         }
         # Every PATCH ends here: on SQLite, try the one-statement write in place (it fails at
         # once rather than wait when another writer holds the lock; then the async path waits).
