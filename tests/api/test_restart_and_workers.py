@@ -19,6 +19,7 @@ from tests.support.api_helpers import (
     session_offset,
 )
 from tests.support.server import DockyardServer
+from tests.support.staging import staged_past, staging_exists
 
 StartServer = Callable[..., DockyardServer]
 
@@ -102,11 +103,10 @@ def test_idle_upload_session_expires_and_its_staging_is_removed(start_server: St
         location = open_session(client, repo)
         uuid = location.rsplit("/", 1)[1]
         assert _patch(client, location, b"staged bytes", 0).status_code == 202
-        staging = server.data_dir / "uploads" / uuid
-        assert staging.is_dir()
+        assert staging_exists(server, uuid)
         time.sleep(3.0)  # idle for three TTLs: several purge passes have run
         assert_error(client.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
-        assert not staging.exists(), list(staging.iterdir())
+        assert not staging_exists(server, uuid)
         assert_error(_patch(client, location, b"more", 12), 404, "BLOB_UPLOAD_UNKNOWN")
 
 
@@ -134,7 +134,7 @@ def test_kill_9_during_a_streaming_patch_keeps_the_last_persisted_offset(start_s
     with api_client(server.url) as client:
         location = open_session(client, repo)
         assert _patch(client, location, data[:1_000_000], 0).status_code == 202
-    staged = server.data_dir / "uploads" / location.rsplit("/", 1)[1] / "data"
+    upload_id = location.rsplit("/", 1)[1]
     head = (
         f"PATCH {location} HTTP/1.1\r\nHost: {server.host}\r\n"
         f"Content-Type: application/octet-stream\r\nContent-Length: {len(data) - 1_000_000}\r\n\r\n"
@@ -144,7 +144,7 @@ def test_kill_9_during_a_streaming_patch_keeps_the_last_persisted_offset(start_s
         sock.sendall(head + data[1_000_000 : 1_000_000 + sent])
         # Wait until the doomed PATCH has put bytes on disk past the persisted offset, then crash.
         deadline = time.monotonic() + 10
-        while staged.stat().st_size <= 1_000_000:
+        while not staged_past(server, upload_id, 1_000_000):
             assert time.monotonic() < deadline, "the streaming PATCH never reached the disk"
             time.sleep(0.02)
         server.kill()

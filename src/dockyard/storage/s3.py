@@ -209,6 +209,8 @@ class _S3StagingWriter:
         self._dirty = False
 
     async def write(self, data: bytes) -> None:
+        if not data:
+            return
         self._dirty = True
         view = memoryview(data)
         while view:
@@ -382,10 +384,13 @@ class S3BlobStore:
                 if len(batch) == 1:
                     await s3.delete_object(Bucket=self.bucket, Key=batch[0])
                 else:
-                    await s3.delete_objects(
+                    result = await s3.delete_objects(
                         Bucket=self.bucket,
                         Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
                     )
+                    failed = [e for e in result.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+                    if failed:
+                        raise ObjectStoreError(f"object store: DeleteObjects failed: {failed[0]}")
 
     async def _list(self, prefix: str) -> AsyncIterator[str]:
         s3 = await self._s3()
