@@ -3,7 +3,8 @@
 #   bash scripts/test.sh [pytest args...]
 # Python deps go into ./.venv (PEP 668 safe). As root on Debian/Ubuntu, the real clients the
 # interop tests drive (skopeo, podman, buildah, containerd) are installed with apt-get. With CI=true a missing tool fails
-# its tests instead of skipping them. After the whole suite, tests/api runs again over S3 + PostgreSQL.
+# its tests instead of skipping them. After the whole suite, tests/api and tests/gc run again over
+# S3 + PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,7 +47,7 @@ for arg in "$@"; do
   case "$arg" in -*) ;; *) only_options=0 ;; esac
 done
 if [ "$only_options" = 1 ]; then
-  echo "tests/api again, over S3 and PostgreSQL (DOCKYARD_TEST_BACKEND=s3+postgres)"
-  DOCKYARD_TEST_BACKEND=s3+postgres .venv/bin/python -m pytest "$@" tests/api || status=$?
+  echo "tests/api and tests/gc again, over S3 and PostgreSQL (DOCKYARD_TEST_BACKEND=s3+postgres)"
+  DOCKYARD_TEST_BACKEND=s3+postgres .venv/bin/python -m pytest "$@" tests/api tests/gc || status=$?
 fi
 exit "$status"

@@ -84,6 +84,7 @@ def fsck_clean(server: DockyardServer) -> None:
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, **server.env},  # the same backend as the server (S3 + PostgreSQL too)
     )
     assert json.loads(out.stdout)["clean"], out.stdout
 

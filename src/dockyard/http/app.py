@@ -95,6 +95,7 @@ def create_app(settings: Settings) -> web.Application:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await core.meta.close()
+        await core.blobs.close()
 
     app.cleanup_ctx.append(lifecycle)
 

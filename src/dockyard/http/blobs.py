@@ -15,7 +15,7 @@ OCTET_STREAM = "application/octet-stream"
 async def get_blob(request: web.Request) -> web.StreamResponse:
     name = repository(request)
     digest = Digest.parse(request.match_info["digest"])
-    info = await registry(request).blob_info(name, digest)
+    info = await registry(request).blob_info(name, digest, want_redirect=request.method == "GET")
     headers = {
         "Docker-Content-Digest": str(digest),
         "Content-Type": OCTET_STREAM,
@@ -26,7 +26,10 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         headers["Content-Length"] = str(info.size)
         return web.Response(status=200, headers=headers)
     if info.redirect is not None:
-        return web.Response(status=307, headers={**headers, "Location": info.redirect})
+        # The pre-signed URL expires: no cache may keep this answer.
+        return web.Response(
+            status=307, headers={**headers, "Location": info.redirect, "Cache-Control": "no-store"}
+        )
     span = parse_range(request.headers.get("Range"), info.size)
     start, end = span if span is not None else (0, info.size - 1)
     if span is not None:

@@ -761,6 +761,13 @@ class SqlMetadataStore:
         doomed = {str(d) for d in digests}
         m, refs, t = s.manifests, s.manifest_refs, s.tags
         async with self._begin() as conn:
+            # Lock the rows first (PostgreSQL; SQLite's write transaction is already exclusive),
+            # so a concurrent tag move or push serialises with the re-checks below.
+            await conn.execute(
+                select(m.c.digest)
+                .where(m.c.repository == repository, m.c.digest.in_(doomed))
+                .with_for_update()
+            )
             # Re-check inside the write transaction: still untagged, still old, and no manifest
             # outside the doomed set (say, an index pushed meanwhile) references it.
             tagged = set(

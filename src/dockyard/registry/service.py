@@ -111,7 +111,7 @@ class Registry:
 
     # -- blobs ---------------------------------------------------------------------------------
 
-    async def blob_info(self, repository: str, digest: Digest) -> BlobInfo:
+    async def blob_info(self, repository: str, digest: Digest, want_redirect: bool = False) -> BlobInfo:
         found = await self.meta.linked_blob(repository, digest)
         if found is None:
             raise errors.RegistryError(errors.BLOB_UNKNOWN, detail={"digest": str(digest)})
@@ -124,7 +124,7 @@ class Registry:
             digest=digest,
             size=size,
             path=self.blobs.local_path(digest),
-            redirect=await self.blobs.redirect_url(digest),
+            redirect=await self.blobs.redirect_url(digest) if want_redirect else None,
         )
 
     def read_blob(self, digest: Digest, offset: int, length: int) -> Body:
