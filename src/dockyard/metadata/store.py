@@ -105,6 +105,24 @@ def _sqlite_sql(statement: Any) -> str:
     return str(statement.compile(dialect=_SQLITE_NAMED))
 
 
+@asynccontextmanager
+async def _try_flock(path: Path) -> AsyncIterator[bool]:
+    """An exclusive ``flock`` if free now (False if not); the kernel drops it with its process."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 class _SqliteHotReads:
     """Synchronous reads of the pull hot path on SQLite (WAL readers never wait for writers)."""
 
@@ -709,19 +727,8 @@ class SqlMetadataStore:
                 yield held
             return
         assert self._lock_dir is not None
-        fd = os.open(self._lock_dir / f"named-{name}", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        async with _try_flock(self._lock_dir / f"named-{name}") as held:
+            yield held
 
     # -- garbage collection -------------------------------------------------------------------------
 
@@ -957,17 +964,5 @@ class SqlMetadataStore:
                 yield held
             return
         assert self._lock_dir is not None
-        path = self._lock_dir / upload_id
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        async with _try_flock(self._lock_dir / upload_id) as held:
+            yield held
