@@ -48,6 +48,8 @@ for arg in "$@"; do
 done
 if [ "$only_options" = 1 ]; then
   echo "tests/api and tests/gc again, over S3 and PostgreSQL (DOCKYARD_TEST_BACKEND=s3+postgres)"
-  DOCKYARD_TEST_BACKEND=s3+postgres .venv/bin/python -m pytest "$@" tests/api tests/gc || status=$?
+  # (the full-disk test mounts a small tmpfs under the data directory: filesystem storage only)
+  DOCKYARD_TEST_BACKEND=s3+postgres .venv/bin/python -m pytest "$@" tests/api tests/gc \
+    --deselect tests/api/test_limits.py::test_full_disk_answers_507_and_keeps_serving_pulls || status=$?
 fi
 exit "$status"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -173,9 +174,12 @@ class _SqliteHotReads:
         try:
             self._writer.execute(self._write_sql[name], params)
             self._writer.execute("COMMIT")
-        except BaseException:
-            self._writer.execute("ROLLBACK")
-            raise
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._writer.execute("ROLLBACK")
+            if "full" in str(exc).lower():
+                raise errors.RegistryError(errors.INSUFFICIENT_STORAGE) from exc
+            return False  # anything else: the async path tries again and reports
         return True
 
     def cached(self, name: str, params: dict[str, str], convert: Callable[[sqlite3.Row], Any]) -> Any:
