@@ -9,6 +9,7 @@ import pytest
 
 from tests.support.api_helpers import (
     OCI_MANIFEST,
+    SPEC_CODES,
     RawResponse,
     assert_error,
     assert_raw_error,
@@ -19,24 +20,6 @@ from tests.support.api_helpers import (
     raw_request,
 )
 from tests.support.server import DockyardServer
-
-# The spec's error codes (distribution-spec "Error Codes").
-SPEC_CODES = {
-    "BLOB_UNKNOWN",
-    "BLOB_UPLOAD_INVALID",
-    "BLOB_UPLOAD_UNKNOWN",
-    "DIGEST_INVALID",
-    "MANIFEST_BLOB_UNKNOWN",
-    "MANIFEST_INVALID",
-    "MANIFEST_UNKNOWN",
-    "NAME_INVALID",
-    "NAME_UNKNOWN",
-    "SIZE_INVALID",
-    "UNAUTHORIZED",
-    "DENIED",
-    "UNSUPPORTED",
-    "TOOMANYREQUESTS",
-}
 
 BAD_DIGESTS = [
     "sha256:" + "A" * 64,  # uppercase hex

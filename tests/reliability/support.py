@@ -13,30 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.support.api_helpers import RawResponse, parse_raw_response
+from tests.support.api_helpers import SPEC_CODES, RawResponse, parse_raw_response
 
 # The numbers the lead reports: filled by the tests, printed by ``conftest.pytest_terminal_summary``.
 STATS: Counter[str] = Counter()
 
-# The spec's error codes (distribution-spec "Error Codes"): no other code may appear in a body.
-SPEC_CODES = frozenset(
-    {
-        "BLOB_UNKNOWN",
-        "BLOB_UPLOAD_INVALID",
-        "BLOB_UPLOAD_UNKNOWN",
-        "DIGEST_INVALID",
-        "MANIFEST_BLOB_UNKNOWN",
-        "MANIFEST_INVALID",
-        "MANIFEST_UNKNOWN",
-        "NAME_INVALID",
-        "NAME_UNKNOWN",
-        "SIZE_INVALID",
-        "UNAUTHORIZED",
-        "DENIED",
-        "UNSUPPORTED",
-        "TOOMANYREQUESTS",
-    }
-)
 
 # The spec's expressions, copied verbatim: the tests hold the code to the spec, not to itself.
 SPEC_NAME = re.compile(r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(\/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*")
