@@ -7,8 +7,8 @@ import re
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,10 +86,15 @@ def _check_upload_id(upload_id: str) -> None:
         raise errors.RegistryError(errors.BLOB_UPLOAD_UNKNOWN, detail={"uuid": upload_id[:64]})
 
 
-def _storage_error(exc: OSError) -> errors.RegistryError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return errors.RegistryError(errors.INSUFFICIENT_STORAGE)
-    raise exc
+@contextmanager
+def _storage_errors() -> Iterator[None]:
+    """A full disk is the client's 507; any other storage failure stays what it is."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise errors.RegistryError(errors.INSUFFICIENT_STORAGE) from exc
+        raise
 
 
 class Registry:
@@ -186,10 +191,8 @@ class Registry:
         await self._check_references(repository, parsed)
         refs = parsed.refs(self.policy.index_requires_children)
         async with self.meta.lock_blob(digest):
-            try:
+            with _storage_errors():
                 await self.blobs.put(digest, body)
-            except OSError as exc:
-                raise _storage_error(exc) from exc
             crash_point("manifest.before_record")
             await self.meta.put_manifest(repository, parsed.record(digest, len(body)), refs, tags)
         crash_point("manifest.after_record")
@@ -481,20 +484,19 @@ class Registry:
         received = 0
         writer = None
         try:
-            writer = await self.blobs.staging_open(session)
-            async for data in body:
-                if expected is not None and received + len(data) > expected:
-                    raise SessionError(
-                        errors.SIZE_INVALID, session, "the body is longer than its declared length"
-                    )
-                await writer.write(data)
-                if hasher is not None:
-                    hasher.update(data)
-                received += len(data)
-                if received >= _CRASH_AFTER_BYTES:
-                    crash_point("patch.mid_body")
-        except OSError as exc:
-            raise _storage_error(exc) from exc
+            with _storage_errors():
+                writer = await self.blobs.staging_open(session)
+                async for data in body:
+                    if expected is not None and received + len(data) > expected:
+                        raise SessionError(
+                            errors.SIZE_INVALID, session, "the body is longer than its declared length"
+                        )
+                    await writer.write(data)
+                    if hasher is not None:
+                        hasher.update(data)
+                    received += len(data)
+                    if received >= _CRASH_AFTER_BYTES:
+                        crash_point("patch.mid_body")
         finally:
             size = start
             if writer is not None:
@@ -538,10 +540,8 @@ class Registry:
                     )
             else:
                 crash_point("commit.before_move")
-                try:
+                with _storage_errors():
                     await self.blobs.staging_commit(session, digest)
-                except OSError as exc:
-                    raise _storage_error(exc) from exc
                 crash_point("commit.after_move")
             await self.meta.link_blob(session.repository, digest, session.offset)
         crash_point("commit.after_link")
