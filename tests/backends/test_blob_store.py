@@ -7,6 +7,8 @@ trip of its row, as another node would.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -170,6 +172,42 @@ async def test_a_writer_killed_mid_patch_leaves_nothing_the_row_knows_about(stor
     await storage.new_store().staging_commit(row(session), digest_of(data))
     assert await collect(storage.new_store().read(digest_of(data))) == data
     assert await storage.leftovers() == []
+
+
+@pytest.mark.parametrize("steps", [0, 1, 2, 3, 5, 8, 13, 30])
+async def test_a_patch_cancelled_mid_write_leaves_nothing_behind_the_row(storage: Any, steps: int) -> None:
+    """Shutdown cancels a PATCH, over and over, while its bytes are being written: once the
+    task is done, no write of it may still land (the next PATCH starts from the row), and no
+    file stays open."""
+    first = os.urandom(3 * MiB)
+    session = await patch(storage.new_store(), new_session(), first)
+    open_files = len(os.listdir("/proc/self/fd"))
+
+    async def doomed() -> None:
+        writer = await storage.new_store().staging_open(row(session))
+        try:
+            for _ in range(6):
+                await writer.write(os.urandom(MiB))
+        finally:
+            await writer.close()
+
+    rest = os.urandom(2 * MiB + 5)
+    task = asyncio.create_task(doomed())
+    for _ in range(steps):
+        await asyncio.sleep(0)
+    while not task.done():  # cancelled at every await, the close included
+        task.cancel()
+        await asyncio.sleep(0)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    session = await patch(storage.new_store(), session, rest)
+    data = first + rest
+    assert await collect(storage.new_store().staging_read(row(session))) == data
+    await storage.new_store().staging_commit(row(session), digest_of(data))
+    assert await collect(storage.new_store().read(digest_of(data))) == data
+    assert await storage.leftovers() == []
+    if storage.name == "filesystem":
+        assert len(os.listdir("/proc/self/fd")) == open_files
 
 
 async def test_more_chunks_after_the_staged_bytes_were_read(storage: Any) -> None:

@@ -13,6 +13,7 @@ complete, verified bytes (ARCHITECTURE.md invariant 2).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import shutil
@@ -20,13 +21,26 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import BinaryIO
 
 from dockyard.registry.digests import ALGORITHMS, Digest
 from dockyard.registry.ports import UploadSession
 
 READ_SIZE = 1 << 20
-WRITE_BUFFER = 1 << 20  # per open upload: 16 concurrent pushes cost 16 MiB
+WRITE_BATCH = 1 << 19  # at most two per open upload: 16 concurrent pushes hold <= 16 MiB
+_IOV_MAX = 1024
+_WRITER_THREADS = 8
+
+_threads: concurrent.futures.ThreadPoolExecutor | None = None
+_threads_pid = 0
+
+
+def _writer_threads() -> concurrent.futures.ThreadPoolExecutor:
+    """This process's staging-write threads (created after a worker forks, never inherited)."""
+    global _threads, _threads_pid
+    if _threads is None or _threads_pid != os.getpid():
+        _threads = concurrent.futures.ThreadPoolExecutor(_WRITER_THREADS, "dockyard-staging")
+        _threads_pid = os.getpid()
+    return _threads
 
 
 def _fsync_dir(path: Path) -> None:
@@ -37,20 +51,66 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_all(fd: int, pieces: list[bytes]) -> None:
+    """``writev`` every piece at the file's position, however many calls that takes."""
+    views = [memoryview(piece) for piece in pieces]
+    while views:
+        written = os.writev(fd, views[:_IOV_MAX])
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if written:
+            views[0] = views[0][written:]
+
+
 class _FileStagingWriter:
-    def __init__(self, handle: BinaryIO) -> None:
-        self._handle = handle
+    """Writes a session's bytes on a thread, one batch behind the event loop.
+
+    While a thread writes batch N into the page cache, the loop receives and hashes batch N+1;
+    done serially on the loop, those three were what bounded a push. At most two batches
+    (twice WRITE_BATCH) are held per upload, and a write is never still running when the file
+    is closed or the writer returns: the session's offset always describes bytes on the file.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._batch: list[bytes] = []
+        self._batched = 0
+        self._running: concurrent.futures.Future[None] | None = None
 
     async def write(self, data: bytes) -> None:
-        # Buffered: the kernel sees WRITE_BUFFER-sized writes; page-cache writes do not block long.
-        self._handle.write(data)
+        self._batch.append(data)
+        self._batched += len(data)
+        if self._batched >= WRITE_BATCH:
+            await self._hand_over()
+
+    async def _hand_over(self) -> None:
+        await self._wait()
+        if self._batch:
+            batch, self._batch, self._batched = self._batch, [], 0
+            self._running = _writer_threads().submit(_write_all, self._fd, batch)
+
+    async def _wait(self) -> None:
+        """Wait for the running write; if this task is cancelled meanwhile, still wait (briefly,
+        blocking): the caller may release the session only once no write is in flight."""
+        running, self._running = self._running, None
+        if running is None:
+            return
+        try:
+            await asyncio.wrap_future(running)
+        except asyncio.CancelledError:
+            concurrent.futures.wait([running])
+            raise
 
     async def close(self) -> int:
         try:
-            self._handle.flush()
-            return self._handle.tell()
+            await self._hand_over()
+            await self._wait()
+            return os.lseek(self._fd, 0, os.SEEK_CUR)
         finally:
-            self._handle.close()
+            if self._running is not None:  # defensive: the file must outlive every write
+                concurrent.futures.wait([self._running])
+            os.close(self._fd)
 
 
 class FilesystemBlobStore:
@@ -145,14 +205,17 @@ class FilesystemBlobStore:
     async def staging_open(self, session: UploadSession) -> _FileStagingWriter:
         path = self._staging(session)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-        handle = os.fdopen(fd, "wb", buffering=WRITE_BUFFER)
-        # Bytes past the recorded offset belong to a writer that died before recording them.
-        # (Only then: a truncate is an inode change, i.e. a journal transaction, per PATCH.)
-        if os.fstat(fd).st_size != session.offset:
-            os.ftruncate(fd, session.offset)
-        handle.seek(session.offset)
-        return _FileStagingWriter(handle)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            # Bytes past the recorded offset belong to a writer that died before recording them.
+            # (Only then: a truncate is an inode change, i.e. a journal transaction, per PATCH.)
+            if os.fstat(fd).st_size != session.offset:
+                os.ftruncate(fd, session.offset)
+            os.lseek(fd, session.offset, os.SEEK_SET)
+        except BaseException:
+            os.close(fd)
+            raise
+        return _FileStagingWriter(fd)
 
     async def staging_size(self, session: UploadSession) -> int | None:
         try:
