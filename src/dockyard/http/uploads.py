@@ -12,9 +12,7 @@ from dockyard.http.common import (
     repository,
     session_headers,
 )
-from dockyard.registry import errors
 from dockyard.registry.digests import Digest
-from dockyard.registry.names import parse_name
 
 
 def _blob_created(name: str, digest: Digest) -> web.Response:
@@ -38,32 +36,25 @@ def _has_body(request: web.Request) -> bool:
 
 
 async def start_upload(request: web.Request) -> web.Response:
-    """POST: open a session, or mount (``?mount=``), or take the whole blob (``?digest=``)."""
+    """POST: open a session, or mount (``?mount=&from=``), or take the whole blob (``?digest=``)."""
     name = repository(request)
     core = registry(request)
     query = request.query
-    mount = query.get("mount")
-    if mount is not None:
-        source = parse_name(query["from"]) if query.get("from") else None
-        digest = Digest.parse(mount)
-        # A source the client may not read is treated as one that lacks the blob (no hint).
-        if (source is None or auth.may_pull(request, source)) and await core.mount_blob(
-            name, digest, source, auth.readable(request)
-        ) is not None:
-            return _blob_created(name, digest)
-        # spec: a registry "unable to mount the requested blob ... SHOULD return a 202"
-    digest_param = query.get("digest")
-    if digest_param is not None and mount is None:
-        digest = await core.upload_whole(
-            name, digest_param, content_length(request), body_stream(request), auth.owner(request)
-        )
-        return _blob_created(name, digest)
-    if _has_body(request):
-        raise errors.RegistryError(
-            errors.BLOB_UPLOAD_INVALID, message="a POST without ?digest= takes no body"
-        )
-    session = await core.start_upload(name, query.get("digest-algorithm"), auth.owner(request))
-    headers = session_headers(session)
+    started = await core.begin_upload(
+        name,
+        mount=query.get("mount"),
+        source=query.get("from") or None,
+        digest=query.get("digest"),
+        algorithm=query.get("digest-algorithm"),
+        length=content_length(request),
+        body=body_stream(request) if _has_body(request) else None,
+        owner=auth.owner(request),
+        may_read=auth.readable(request),
+        may_mount_from=lambda source: auth.may_pull(request, source),
+    )
+    if isinstance(started, Digest):
+        return _blob_created(name, started)
+    headers = session_headers(started)
     headers["Content-Length"] = "0"
     if core.blobs.chunk_min_length:
         headers["OCI-Chunk-Min-Length"] = str(core.blobs.chunk_min_length)

@@ -16,11 +16,18 @@ from dockyard.failpoints import crash_point
 from dockyard.registry import errors
 from dockyard.registry.digests import DEFAULT_ALGORITHM, Digest, Hasher, check_algorithm, new_hasher
 from dockyard.registry.manifests import ParsedManifest, parse_manifest
-from dockyard.registry.names import Reference, parse_tag
+from dockyard.registry.names import Reference, parse_name, parse_tag
 from dockyard.registry.ports import BlobStore, ManifestRecord, MetadataStore, UploadSession
 from dockyard.registry.uploads import ChunkRange, LiveHashers, SessionError, UploadOutOfOrder
 
 Body = AsyncIterator[bytes]
+
+
+async def _no_body() -> Body:
+    return
+    yield  # an async generator that yields nothing
+
+
 _UPLOAD_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _PAGE_SIZE = re.compile(r"[0-9]{1,18}")
 _CRASH_AFTER_BYTES = 1 << 20  # where the "patch.mid_body" crash point fires
@@ -302,6 +309,44 @@ class Registry:
         return await self.meta.list_referrers(repository, subject, artifact_type)
 
     # -- uploads -------------------------------------------------------------------------------
+
+    async def begin_upload(
+        self,
+        repository: str,
+        *,
+        mount: str | None = None,
+        source: str | None = None,
+        digest: str | None = None,
+        algorithm: str | None = None,
+        length: int | None = None,
+        body: Body | None = None,
+        owner: str | None = None,
+        may_read: Callable[[str], bool] | None = None,
+        may_mount_from: Callable[[str], bool] | None = None,
+    ) -> Digest | UploadSession:
+        """The POST that starts every push: a mount (``mount``, ``source``), the whole blob in
+        one request (``digest`` with ``body``), or a new session. A finished blob comes back as
+        its digest, a session as itself.
+
+        ``may_read`` says which repositories the client may pull (None: all), for a mount
+        without a source; ``may_mount_from`` whether this request may read the named source
+        (a token's scopes). A source it may not read is treated as one that lacks the blob.
+        """
+        if mount is not None:
+            blob = Digest.parse(mount)
+            origin = parse_name(source) if source else None
+            if (origin is None or may_mount_from is None or may_mount_from(origin)) and await self.mount_blob(
+                repository, blob, origin, may_read
+            ) is not None:
+                return blob
+            # spec: a registry "unable to mount the requested blob ... SHOULD return a 202"
+        elif digest is not None:
+            return await self.upload_whole(repository, digest, length, body or _no_body(), owner)
+        if body is not None:
+            raise errors.RegistryError(
+                errors.BLOB_UPLOAD_INVALID, message="a POST without ?digest= takes no body"
+            )
+        return await self.start_upload(repository, algorithm, owner)
 
     async def start_upload(
         self, repository: str, algorithm: str | None = None, owner: str | None = None
