@@ -14,7 +14,16 @@ import httpx
 
 from tests.auth.conftest import AuthMode
 from tests.auth.support import assert_challenge, assert_denied, comparable, unique
-from tests.support.api_helpers import assert_error, digest_of, open_session, push_blob, session_offset
+from tests.support.api_helpers import (
+    ExpectingClient,
+    assert_error,
+    assert_raw_error,
+    digest_of,
+    open_session,
+    push_blob,
+    session_offset,
+)
+from tests.support.server import DockyardServer
 
 AsUser = Callable[[str | None], httpx.Client]
 Clients = Callable[[AuthMode, str | None], httpx.Client]
@@ -166,3 +175,18 @@ def test_an_upload_session_cannot_be_used_through_another_repository(
     assert client.put(location, params={"digest": digest_of(b"abcd")}).status_code == 201
     assert_error(client.get(f"/v2/{other}/blobs/{digest_of(b'abcd')}"), 404, "BLOB_UNKNOWN")
     assert client.get(f"/v2/{repo}/blobs/{digest_of(b'abcd')}").content == b"abcd"
+
+
+def test_a_push_without_credentials_is_challenged_before_its_body(basic_server: DockyardServer) -> None:
+    """With ``Expect: 100-continue`` the 401 comes first: a client does not send a layer only to
+    learn it must log in."""
+    connection = ExpectingClient("127.0.0.1", basic_server.port, timeout=5.0)
+    try:
+        target = f"/v2/{unique('expect')}/blobs/uploads/?digest={digest_of(b'x' * 4096)}"
+        connection.send_head("POST", target, {"Content-Length": "4096"})
+        response = connection.read_response("POST")  # no byte of the body was sent
+    finally:
+        connection.close()
+    assert_raw_error(response, 401, "UNAUTHORIZED")
+    assert response.headers["www-authenticate"] == 'Basic realm="dockyard"'
+    assert response.headers["connection"].lower() == "close"

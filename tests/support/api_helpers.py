@@ -260,3 +260,40 @@ def assert_raw_error(response: RawResponse, status: int | tuple[int, ...], code:
     assert doc["errors"] and all("code" in e and "message" in e for e in doc["errors"]), doc
     if code is not None:
         assert doc["errors"][0]["code"] == code, doc
+
+
+class ExpectingClient:
+    """One connection that sends a request's head with ``Expect: 100-continue`` and holds the
+    body back until the server says to go on, as curl does for large bodies."""
+
+    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.host = f"{host}:{port}"
+        self._buffer = b""
+
+    def send_head(self, method: str, target: str, headers: dict[str, str]) -> None:
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {self.host}", "Expect: 100-continue"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+
+    def read_response(self, method: str = "PATCH") -> RawResponse:
+        """The next response, interim (100) or final, with its body."""
+        while b"\r\n\r\n" not in self._buffer:
+            self._recv()
+        head, _, self._buffer = self._buffer.partition(b"\r\n\r\n")
+        response = parse_raw_response(head + b"\r\n\r\n", method)
+        if response.status >= 200 and method != "HEAD":
+            length = int(response.headers.get("content-length", "0"))
+            while len(self._buffer) < length:
+                self._recv()
+            response.body, self._buffer = self._buffer[:length], self._buffer[length:]
+        return response
+
+    def _recv(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        self._buffer += data
+
+    def close(self) -> None:
+        self.sock.close()

@@ -12,7 +12,7 @@ from aiohttp import web
 from dockyard.config import Settings
 from dockyard.gc import collect
 from dockyard.http import auth, blobs, discovery, manifests, uploads
-from dockyard.http.common import BODY_TIMEOUT, REGISTRY
+from dockyard.http.common import BODY_TIMEOUT, REGISTRY, continue_middleware, defer_continue
 from dockyard.http.errors import API_VERSION_HEADER, Handler, error_middleware
 from dockyard.registry.service import Registry
 from dockyard.wiring import build_registry
@@ -73,11 +73,13 @@ async def _purge_loop(core: Registry, interval: float) -> None:
 def create_app(settings: Settings) -> web.Application:
     """A dockyard application for ``settings``; nothing global, so tests can build many."""
     app = web.Application(
-        middlewares=[error_middleware, auth.auth_middleware], client_max_size=settings.manifest_max_bytes
+        middlewares=[continue_middleware, error_middleware, auth.auth_middleware],
+        client_max_size=settings.manifest_max_bytes,
     )
     route_access: dict[web.AbstractRoute, str | None] = {}
     for method, path, handler, access in ROUTES:
-        route_access[app.router.add_route(method, path, handler)] = access
+        route = app.router.add_route(method, path, handler, expect_handler=defer_continue)
+        route_access[route] = access
     app[auth.ROUTE_ACCESS] = route_access
     core = build_registry(settings)
     app[REGISTRY] = core

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
+from aiohttp.typedefs import Handler
 
 from dockyard.registry import errors
 from dockyard.registry.names import parse_name
@@ -18,6 +19,38 @@ from dockyard.registry.uploads import range_header
 
 REGISTRY = web.AppKey("registry", Registry)
 BODY_TIMEOUT = web.AppKey("body_timeout", float)
+_CONTINUE_PENDING = "dockyard.continue_pending"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+async def defer_continue(request: web.Request) -> None:
+    """The ``Expect`` handler of every /v2/ route: "100 Continue" waits until the handler asks
+    for the body (``body_stream``). Whatever is refused before that — credentials, an unknown
+    session, a chunk that does not start where the session ends, a full repository, a manifest
+    declared too large — is answered before the client sends a byte of the body."""
+    expect = request.headers.get("Expect", "")
+    if expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"unknown expectation: {expect}")
+    if request.version >= HttpVersion11:
+        request[_CONTINUE_PENDING] = True
+
+
+async def _send_continue(request: web.Request) -> None:
+    if request.get(_CONTINUE_PENDING):
+        request[_CONTINUE_PENDING] = False
+        await request.writer.write(_CONTINUE)
+        request.writer.output_size = 0  # the interim response is not part of the response body
+
+
+@web.middleware
+async def continue_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A response sent before the client was told to continue closes the connection: the
+    client may or may not send the body now, and the next request on this connection would
+    be read from the middle of it (RFC 9110, 10.1.1)."""
+    response = await handler(request)
+    if request.get(_CONTINUE_PENDING) and (request.content_length or request.body_exists):
+        response.force_close()
+    return response
 
 
 def registry(request: web.Request) -> Registry:
@@ -35,6 +68,7 @@ async def body_stream(request: web.Request) -> AsyncIterator[bytes]:
     hold a session and a connection forever.
     """
     timeout = request.app[BODY_TIMEOUT]
+    await _send_continue(request)
     while True:
         try:
             async with asyncio.timeout(timeout):
