@@ -34,11 +34,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-.venv/bin/ruff check src tests
-.venv/bin/ruff format --check src tests
+.venv/bin/ruff check src tests bench
+.venv/bin/ruff format --check src tests bench
 .venv/bin/mypy
 status=0
-.venv/bin/python -m pytest "$@" || status=$?
+.venv/bin/python -m pytest --durations=15 "$@" || status=$?
 
 # Then the HTTP API suite once more, its servers on S3 (SeaweedFS) and PostgreSQL instead of a
 # directory and SQLite. Skipped when pytest was pointed at particular tests.
