@@ -157,6 +157,9 @@ class Settings(BaseSettings):
         75.0, gt=0, description="close a connection idle (or still sending its headers) this long"
     )
     body_timeout_seconds: float = Field(60.0, gt=0, description="abort a request body that stalls this long")
+    takeover_after_seconds: float = Field(
+        5.0, gt=0, description="a body stalled this long yields its upload session to a newer request"
+    )
     max_header_bytes: int = Field(8190, ge=1024, description="longest request line or header field")
     max_headers: int = Field(128, ge=16, description="most header fields in one request")
     tls_cert: Path | None = Field(None, description="serve HTTPS with this certificate (PEM, with chain)")

@@ -18,6 +18,7 @@ def policy_from(settings: Settings) -> Policy:
         max_uploads_per_repository=settings.max_uploads_per_repository,
         max_page_size=settings.max_page_size,
         link_refresh_seconds=settings.gc.grace_seconds / 2,
+        takeover_after_seconds=settings.takeover_after_seconds,
     )
 
 

@@ -19,6 +19,7 @@ from dockyard.registry.uploads import range_header
 
 REGISTRY = web.AppKey("registry", Registry)
 BODY_TIMEOUT = web.AppKey("body_timeout", float)
+HEARTBEAT_SECONDS = 1.0  # while a body stalls, body_stream yields b"" this often
 _CONTINUE_PENDING = "dockyard.continue_pending"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -65,18 +66,24 @@ async def body_stream(request: web.Request) -> AsyncIterator[bytes]:
     """The request body as it arrives (Content-Length or chunked), never buffered whole.
 
     A body that stalls longer than the body timeout is cut off (408): a slow client must not
-    hold a session and a connection forever.
+    hold a session and a connection forever. While it stalls, an empty piece comes every
+    HEARTBEAT_SECONDS, so that the reader can decide to give up sooner.
     """
     timeout = request.app[BODY_TIMEOUT]
+    loop = asyncio.get_running_loop()
     await _send_continue(request)
+    last_data = loop.time()
     while True:
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(min(HEARTBEAT_SECONDS, timeout)):
                 data = await request.content.readany()
         except TimeoutError:
-            raise errors.RegistryError(
-                errors.BODY_TIMEOUT, message=f"no request body data for {timeout:g} seconds"
-            ) from None
+            if loop.time() - last_data >= timeout:
+                raise errors.RegistryError(
+                    errors.BODY_TIMEOUT, message=f"no request body data for {timeout:g} seconds"
+                ) from None
+            yield b""  # a heartbeat: the reader may give up earlier (Registry._yield_if_wanted)
+            continue
         except ConnectionError:
             # The client hung up. Bytes that arrived before it did are still in the stream's
             # buffer (aiohttp raises before handing them over): keep them, then give up.
@@ -86,6 +93,7 @@ async def body_stream(request: web.Request) -> AsyncIterator[bytes]:
             raise
         if not data:
             return
+        last_data = loop.time()
         yield data
 
 

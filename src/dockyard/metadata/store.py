@@ -641,6 +641,18 @@ class SqlMetadataStore:
         async with self._begin() as conn:
             await conn.execute(_SAVE_UPLOAD, params)
 
+    async def request_takeover(self, upload_id: str, at: float) -> None:
+        async with self._begin() as conn:
+            await conn.execute(
+                update(s.uploads).where(s.uploads.c.id == upload_id).values(takeover_requested_at=at)
+            )
+
+    async def takeover_requested(self, upload_id: str, since: float) -> bool:
+        q = select(s.uploads.c.takeover_requested_at).where(s.uploads.c.id == upload_id)
+        async with self._read.connect() as conn:
+            at = (await conn.execute(q)).scalar()
+        return at is not None and float(at) > since
+
     async def delete_upload(self, upload_id: str) -> None:
         async with self._begin() as conn:
             await conn.execute(delete(s.uploads).where(s.uploads.c.id == upload_id))

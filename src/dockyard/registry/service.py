@@ -46,6 +46,7 @@ class Policy:
     max_tags_per_push: int = 100
     manifest_cache_bytes: int = 64 * 1024 * 1024
     link_refresh_seconds: float = 1800.0  # half of GC's default grace period
+    takeover_after_seconds: float = 5.0  # a stalled body yields its session to a newer request
 
 
 @dataclass(frozen=True)
@@ -470,7 +471,14 @@ class Registry:
         async with self.meta.lock_upload(upload_id) as locked:
             session = await self._session(repository, upload_id, owner)
             if not locked:
-                raise UploadOutOfOrder(session, "another request is writing to this upload session")
+                # Often the holder is the client's own earlier request, whose connection died
+                # where the server cannot see it: ask it to yield (_append) if it has stalled.
+                await self.meta.request_takeover(upload_id, self._clock())
+                raise UploadOutOfOrder(
+                    session,
+                    "another request is writing to this upload session; if its body has stalled, "
+                    f"it gives the session up within {self.policy.takeover_after_seconds:g} seconds",
+                )
             yield session
 
     async def _session(self, repository: str, upload_id: str, owner: str | None) -> UploadSession:
@@ -528,10 +536,15 @@ class Registry:
         start = session.offset
         received = 0
         writer = None
+        holding_since = last_data = self._clock()
         try:
             with _storage_errors():
                 writer = await self.blobs.staging_open(session)
                 async for data in body:
+                    if not data:  # the body stalls (a heartbeat of the HTTP layer)
+                        await self._yield_if_wanted(session, holding_since, last_data)
+                        continue
+                    last_data = self._clock()
                     if expected is not None and received + len(data) > expected:
                         raise SessionError(
                             errors.SIZE_INVALID, session, "the body is longer than its declared length"
@@ -556,6 +569,19 @@ class Registry:
             await self.meta.save_upload(session)
             if hasher is not None and size == start + received:
                 self._hashers.keep(session, hasher)
+
+    async def _yield_if_wanted(self, session: UploadSession, holding_since: float, last_data: float) -> None:
+        """A body stalled past ``takeover_after_seconds`` gives its session up when a newer
+        request has asked for it since this one took it: the bytes that arrived are kept, and
+        the newer request (typically the same client, resuming after an outage its old
+        connection never noticed) continues from there instead of waiting out the body timeout.
+        A body that stalls while nobody else wants the session waits the full body timeout."""
+        if self._clock() - last_data < self.policy.takeover_after_seconds:
+            return
+        if await self.meta.takeover_requested(session.id, holding_since):
+            raise SessionError(
+                errors.BODY_TIMEOUT, session, "the body stalled and a newer request took the session over"
+            )
 
     async def _publish(self, session: UploadSession, digest: Digest) -> None:
         """Verify the staged bytes against ``digest`` and make them a blob of the repository."""
