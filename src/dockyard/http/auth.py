@@ -48,9 +48,11 @@ class LoginFailures(Protocol):
 IDENTITY = "dockyard.identity"
 CLAIMS = "dockyard.claims"
 
-# What each route needs: None (any authenticated client), "catalog", or an action on the
-# route's repository. Set by the app factory from its route table.
+# What each route needs: None (any authenticated client), "catalog", "public", or an action on
+# the route's repository. Set by the app factory from its route table.
 ROUTE_ACCESS = web.AppKey("route_access", dict)
+# The routes browsers use (the HTML pages).
+BROWSER_ROUTES = web.AppKey("browser_routes", frozenset)
 
 
 @dataclass(frozen=True)
