@@ -167,6 +167,7 @@ class Settings(BaseSettings):
     tls_client_ca: Path | None = Field(
         None, description="CA bundle for client certificates (mTLS); a valid one authenticates its CN"
     )
+    ui: bool = Field(True, description="serve the HTML pages for browsing under /ui/")
     auth: AuthSettings = Field(default_factory=AuthSettings)
     gc: GcSettings = Field(default_factory=GcSettings)
     log_level: str = "info"

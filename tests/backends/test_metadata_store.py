@@ -110,6 +110,19 @@ async def test_referrers_by_subject_and_artifact_type(metadata: MetadataHarness)
     assert await meta.list_referrers("app", d("nothing"), None) == []
 
 
+async def test_tags_of_a_manifest_in_byte_order_and_only_its_own(metadata: MetadataHarness) -> None:
+    meta = await metadata.new_store()
+    await meta.put_manifest("app", manifest("v1"), [], ["v1", "latest", "V1", "stable"])
+    await meta.put_manifest("app", manifest("v2"), [], ["v2"])
+    await meta.put_manifest("other", manifest("v1"), [], ["elsewhere"])
+    assert await meta.tags_of_manifest("app", d("v1"), 10) == ["V1", "latest", "stable", "v1"]
+    assert await meta.tags_of_manifest("app", d("v1"), 2) == ["V1", "latest"]
+    await meta.put_manifest("app", manifest("v2"), [], ["latest"])  # moved away
+    assert await meta.tags_of_manifest("app", d("v1"), 10) == ["V1", "stable", "v1"]
+    assert await meta.tags_of_manifest("app", d("v2"), 10) == ["latest", "v2"]
+    assert await meta.tags_of_manifest("app", d("nothing"), 10) == []
+
+
 async def test_upload_sessions_keep_their_backend_state(metadata: MetadataHarness) -> None:
     meta, other = await metadata.new_store(), await metadata.new_store()
     now = time.time()

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from dockyard.config import Settings
 from dockyard.gc import collect
-from dockyard.http import auth, blobs, discovery, manifests, uploads
+from dockyard.http import auth, blobs, browse, discovery, manifests, uploads
 from dockyard.http.common import BODY_TIMEOUT, REGISTRY, continue_middleware, defer_continue
 from dockyard.http.errors import API_VERSION_HEADER, Handler, error_middleware
 from dockyard.registry.service import Registry
@@ -48,6 +48,18 @@ ROUTES: list[tuple[str, str, Handler, str | None]] = [
     ("GET", "/metrics", discovery.metrics, "metrics"),
 ]
 
+# The pages for people browsing (README "Browsing"), under the API's access rules: the list is
+# the catalog, filtered the same way; a repository's pages need pull on it. Only with ``ui``.
+# A manifest page's URL is tried first: a repository page's ``name`` would swallow it.
+BROWSE_ROUTES: list[tuple[str, str, Handler, str | None]] = [
+    ("GET", "/", browse.home, "public"),
+    ("GET", "/ui", browse.home, "public"),
+    ("GET", "/ui/", browse.list_repositories, "catalog"),
+    ("GET", f"/ui/r/{NAME}/manifests/{{reference}}", browse.show_manifest, "pull"),
+    ("GET", f"/ui/r/{NAME}", browse.show_repository, "pull"),
+    ("GET", "/ui/{rest:.*}", browse.not_found, "public"),
+]
+
 
 async def _gc_loop(core: Registry, settings: Settings) -> None:
     """Scheduled collections; the collector's lock keeps workers and nodes from overlapping."""
@@ -72,15 +84,21 @@ async def _purge_loop(core: Registry, interval: float) -> None:
 
 def create_app(settings: Settings) -> web.Application:
     """A dockyard application for ``settings``; nothing global, so tests can build many."""
-    app = web.Application(
-        middlewares=[continue_middleware, error_middleware, auth.auth_middleware],
-        client_max_size=settings.manifest_max_bytes,
-    )
+    middlewares = [continue_middleware, error_middleware, auth.auth_middleware]
+    if settings.ui:
+        middlewares.insert(2, browse.html_errors)  # the pages' errors as pages, auth's included
+    app = web.Application(middlewares=middlewares, client_max_size=settings.manifest_max_bytes)
     route_access: dict[web.AbstractRoute, str | None] = {}
     for method, path, handler, access in ROUTES:
         route = app.router.add_route(method, path, handler, expect_handler=defer_continue)
         route_access[route] = access
+    browser_routes = set()
+    for method, path, handler, access in BROWSE_ROUTES if settings.ui else []:
+        route = app.router.add_route(method, path, handler)
+        route_access[route] = access
+        browser_routes.add(route)
     app[auth.ROUTE_ACCESS] = route_access
+    app[auth.BROWSER_ROUTES] = frozenset(browser_routes)
     core = build_registry(settings)
     app[REGISTRY] = core
     app[BODY_TIMEOUT] = settings.body_timeout_seconds

@@ -48,9 +48,12 @@ class LoginFailures(Protocol):
 IDENTITY = "dockyard.identity"
 CLAIMS = "dockyard.claims"
 
-# What each route needs: None (any authenticated client), "catalog", or an action on the
-# route's repository. Set by the app factory from its route table.
+# What each route needs: None (any authenticated client), "catalog", "public", or an action on
+# the route's repository. Set by the app factory from its route table.
 ROUTE_ACCESS = web.AppKey("route_access", dict)
+# The routes browsers use (the HTML pages). A browser cannot follow the token flow, so there
+# Basic credentials are accepted in every password mode and every challenge is Basic.
+BROWSER_ROUTES = web.AppKey("browser_routes", frozenset)
 
 
 @dataclass(frozen=True)
@@ -125,15 +128,17 @@ class Guard:
                     return self.policy.identify(str(value), "certificate")
         return None
 
-    async def authenticate(self, request: web.Request) -> Credentials:
+    async def authenticate(self, request: web.Request, browser: bool = False) -> Credentials:
+        """Who sent the request. ``browser``: Basic credentials count in token mode too, checked
+        against htpasswd as the token endpoint checks them, so the same user gets the same rights."""
         header = request.headers.get("Authorization", "")
         scheme, _, value = header.partition(" ")
         scheme = scheme.lower()
-        if scheme == "basic" and self.mode in ("basic", "mtls"):
+        if scheme == "basic" and (self.mode in ("basic", "mtls") or browser):
             parsed = _basic(value)
             if parsed is None:
-                raise self.unauthorized(request, None, "malformed Basic credentials")
-            return Credentials(await self.check_password(request, *parsed), None)
+                raise self.unauthorized(request, None, "malformed Basic credentials", basic=browser)
+            return Credentials(await self.check_password(request, *parsed, basic_challenge=browser), None)
         if scheme == "bearer" and self.tokens is not None:
             try:
                 claims = self.tokens.verify(value.strip())
@@ -235,23 +240,28 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if access == "public":
         return await handler(request)
     assert guard is not None
-    creds = await guard.authenticate(request)
+    browser = route in request.app.get(BROWSER_ROUTES, frozenset())
+    creds = await guard.authenticate(request, browser)
     request[CLAIMS] = creds
     authenticated = creds.identity is not None or creds.claims is not None
     if access == "metrics" or access is None:  # operators: any authenticated client
         if not authenticated:
-            raise guard.unauthorized(request, None, "authentication required")
+            raise guard.unauthorized(request, None, "authentication required", basic=browser)
     elif access == "catalog":
         if not guard.may_list_catalog(creds):
             error = "insufficient_scope" if creds.claims is not None else None
-            raise guard.unauthorized(request, "registry:catalog:*", "authentication required", error=error)
+            raise guard.unauthorized(
+                request, "registry:catalog:*", "authentication required", error=error, basic=browser
+            )
     else:
         name = request.match_info.get("name", "")
         if not guard.may(creds, name, access):
             scope = f"repository:{name}:{_SCOPE_ACTIONS[access]}"
-            if guard.mode == "token" or not authenticated:
+            if (guard.mode == "token" and not browser) or not authenticated:
                 error = "insufficient_scope" if creds.claims is not None else None
-                raise guard.unauthorized(request, scope, "authentication required", error=error)
+                raise guard.unauthorized(
+                    request, scope, "authentication required", error=error, basic=browser
+                )
             raise errors.RegistryError(
                 errors.DENIED, detail=[{"Type": "repository", "Name": name, "Action": access}]
             )

@@ -589,6 +589,16 @@ class SqlMetadataStore:
         async with self._read.connect() as conn:
             return list((await conn.execute(q)).scalars())
 
+    async def tags_of_manifest(self, repository: str, digest: Digest, limit: int) -> list[str]:
+        q = (
+            select(s.tags.c.name)
+            .where(s.tags.c.repository == repository, s.tags.c.digest == str(digest))
+            .order_by(s.tags.c.name)
+            .limit(limit)
+        )
+        async with self._read.connect() as conn:
+            return list((await conn.execute(q)).scalars())
+
     async def list_referrers(
         self, repository: str, subject: Digest, artifact_type: str | None
     ) -> list[ManifestRecord]:

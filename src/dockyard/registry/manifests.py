@@ -39,6 +39,36 @@ def _invalid(message: str, detail: Any = None) -> errors.RegistryError:
 
 
 @dataclass(frozen=True)
+class Platform:
+    """What an index entry runs on (image-spec image-index.md "platform")."""
+
+    os: str
+    architecture: str
+    variant: str | None = None
+    os_version: str | None = None
+
+    @classmethod
+    def parse(cls, value: Any) -> Platform | None:
+        """Read, never judged: a platform that is not the spec's shape is simply not reported
+        (pushes are validated as before, and a registry must accept what it does not understand)."""
+        if not isinstance(value, dict):
+            return None
+        os_, arch = value.get("os"), value.get("architecture")
+        if not isinstance(os_, str) or not isinstance(arch, str):
+            return None
+        variant, os_version = value.get("variant"), value.get("os.version")
+        return cls(
+            os=os_,
+            architecture=arch,
+            variant=variant if isinstance(variant, str) and variant else None,
+            os_version=os_version if isinstance(os_version, str) and os_version else None,
+        )
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+
+@dataclass(frozen=True)
 class Descriptor:
     media_type: str
     digest: Digest
@@ -46,6 +76,7 @@ class Descriptor:
     artifact_type: str | None = None
     annotations: dict[str, str] | None = None
     urls: tuple[str, ...] = ()
+    platform: Platform | None = None
 
     @property
     def non_distributable(self) -> bool:
@@ -81,6 +112,7 @@ class Descriptor:
             artifact_type=artifact_type,
             annotations=_annotations(value.get("annotations"), where),
             urls=tuple(urls),
+            platform=Platform.parse(value.get("platform")),
         )
 
 

@@ -216,6 +216,10 @@ class MetadataStore(Protocol):
 
     async def list_tags(self, repository: str, limit: int, last: str | None) -> list[str]: ...
 
+    async def tags_of_manifest(self, repository: str, digest: Digest, limit: int) -> list[str]:
+        """The repository's tags that point at the manifest, in byte order (at most ``limit``)."""
+        ...
+
     async def list_referrers(
         self, repository: str, subject: Digest, artifact_type: str | None
     ) -> list[ManifestRecord]: ...

@@ -309,6 +309,11 @@ class Registry:
     ) -> list[ManifestRecord]:
         return await self.meta.list_referrers(repository, subject, artifact_type)
 
+    async def tags_of_manifest(self, repository: str, digest: Digest, limit: int) -> tuple[list[str], bool]:
+        """Up to ``limit`` tags pointing at the manifest, in byte order, and whether more do."""
+        found = await self.meta.tags_of_manifest(repository, digest, limit + 1)
+        return found[:limit], len(found) > limit
+
     # -- uploads -------------------------------------------------------------------------------
 
     async def begin_upload(
