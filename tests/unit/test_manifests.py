@@ -20,6 +20,7 @@ from dockyard.registry.manifests import (
     OCI_MANIFEST,
     Descriptor,
     ParsedManifest,
+    Platform,
     parse_manifest,
     referrers_index,
 )
@@ -347,7 +348,7 @@ def test_descriptor_parses_every_field() -> None:
         artifactType=SBOM,
         annotations={"a": "b"},
         urls=["https://example.com/x"],
-        platform={"os": "linux", "architecture": "amd64"},  # known to the index, kept as bytes
+        platform={"os": "linux", "architecture": "amd64", "variant": "v8"},
     )
     parsed = Descriptor.parse(value, "manifests[0]")
     assert parsed == Descriptor(
@@ -357,6 +358,7 @@ def test_descriptor_parses_every_field() -> None:
         artifact_type=SBOM,
         annotations={"a": "b"},
         urls=("https://example.com/x",),
+        platform=Platform(os="linux", architecture="amd64", variant="v8"),
     )
     assert not parsed.non_distributable
 
