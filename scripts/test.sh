@@ -38,7 +38,12 @@ fi
 .venv/bin/ruff format --check src tests bench
 .venv/bin/mypy
 status=0
-.venv/bin/python -m pytest --durations=15 "$@" || status=$?
+# Test files run in parallel, one process per core (at least 2: most tests wait on servers);
+# each process starts its own servers, PostgreSQL and SeaweedFS on free ports.
+cores=$(nproc)
+jobs=${DOCKYARD_TEST_JOBS:-$(( cores < 2 ? 2 : (cores > 6 ? 6 : cores) ))}
+parallel=(-n "$jobs" --dist loadfile)
+.venv/bin/python -m pytest "${parallel[@]}" --durations=15 "$@" || status=$?
 
 # Then the HTTP API suite once more, its servers on S3 (SeaweedFS) and PostgreSQL instead of a
 # directory and SQLite. Skipped when pytest was pointed at particular tests.
@@ -49,7 +54,7 @@ done
 if [ "$only_options" = 1 ]; then
   echo "tests/api and tests/gc again, over S3 and PostgreSQL (DOCKYARD_TEST_BACKEND=s3+postgres)"
   # (the full-disk test mounts a small tmpfs under the data directory: filesystem storage only)
-  DOCKYARD_TEST_BACKEND=s3+postgres .venv/bin/python -m pytest "$@" tests/api tests/gc \
+  DOCKYARD_TEST_BACKEND=s3+postgres .venv/bin/python -m pytest "${parallel[@]}" "$@" tests/api tests/gc \
     --deselect tests/api/test_limits.py::test_full_disk_answers_507_and_keeps_serving_pulls || status=$?
 fi
 exit "$status"

@@ -40,6 +40,7 @@ class DockyardServer:
     scheme: str = "http"
     verify: Any = True
     ready_statuses: tuple[int, ...] = (200,)
+    _started_once: bool = False
 
     @property
     def url(self) -> str:
@@ -67,15 +68,23 @@ class DockyardServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                if self._port_taken() and not self._started_once:
+                    # Another test process took the free port first (pytest -n): pick another.
+                    self.port = free_port()
+                    return self.start(timeout)
                 raise RuntimeError(f"dockyard exited early:\n{self.log()}")
             try:
                 probe = httpx.get(f"{self.url}/v2/", timeout=1.0, verify=self.verify)
                 if probe.status_code in self.ready_statuses:
+                    self._started_once = True
                     return self
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"dockyard did not answer in {timeout}s:\n{self.log()}")
+
+    def _port_taken(self) -> bool:
+        return "address already in use" in self.log().lower()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
