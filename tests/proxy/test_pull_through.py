@@ -7,10 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -85,7 +87,9 @@ def test_blobs_are_the_upstreams_byte_for_byte(up: httpx.Client, through: httpx.
     big = os.urandom(3 * 1024 * 1024 + 17)  # many pieces, an odd tail
     big_digest = push_blob(up, repo, big)
 
-    for data in (image.config, *image.layers, big):
+    empty = b""
+    push_blob(up, repo, empty)
+    for data in (image.config, *image.layers, big, empty):
         assert pull_blob(through, repo, digest_of(data)) == data
         assert pull_blob(through, repo, digest_of(data)) == data  # now from the cache
         head = through.head(f"/v2/{repo}/blobs/{digest_of(data)}")
@@ -404,3 +408,74 @@ def test_a_40_mib_blob_streams_through_in_flat_memory(
         )
     # Flat: far less than the blob itself (a buffered copy would show as +40 MiB).
     assert growth_mib < 24, growth_mib
+
+
+@filesystem_only
+def test_a_client_that_hangs_up_does_not_abort_the_download(
+    start_server: Callable[..., DockyardServer], start_proxy: Callable[..., DockyardServer], repo: str
+) -> None:
+    upstream = start_server(workers=1)
+    proxy = start_proxy(upstream, workers=1)
+    data = os.urandom(8 * 1024 * 1024)
+    with api_client(upstream.url) as up:
+        digest = push_blob(up, repo, data)
+    with api_client(proxy.url) as through, through.stream("GET", f"/v2/{repo}/blobs/{digest}") as r:
+        assert r.status_code == 200
+        next(r.iter_raw(65536))
+    # The client is gone; the cache finishes the download for the next one.
+    deadline = time.monotonic() + 20
+    while not blob_file(proxy.data_dir, digest).exists():
+        assert time.monotonic() < deadline, "the download was abandoned"
+        time.sleep(0.05)
+    upstream.stop()
+    with api_client(proxy.url) as through:
+        assert pull_blob(through, repo, digest) == data
+
+
+class _Failing(BaseHTTPRequestHandler):
+    """An upstream that answers every request with a 500."""
+
+    def do_GET(self) -> None:
+        self.send_response(500)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(params=["silent", "failing"])
+def broken_upstream(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A URL on 127.0.0.1 where no registry answers: a socket that never replies, or a 500."""
+    if request.param == "silent":
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(64)  # connections complete in the backlog; nothing is ever read
+            yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        return
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_upstream_that_is_silent_or_failing_gets_a_clear_error_in_bounded_time(
+    start_server: Callable[..., DockyardServer], broken_upstream: str, repo: str
+) -> None:
+    proxy = start_server(
+        workers=1,
+        env={"DOCKYARD_PROXY__REMOTE_URL": broken_upstream, "DOCKYARD_PROXY__TIMEOUT_SECONDS": "1"},
+    )
+    with httpx.Client(base_url=proxy.url, timeout=30.0) as through:
+        started = time.monotonic()
+        assert_error(through.get(f"/v2/{repo}/manifests/v1"), 503, "MANIFEST_UNKNOWN")
+        assert_error(through.get(f"/v2/{repo}/manifests/{digest_of(b'x')}"), 503, "MANIFEST_UNKNOWN")
+        assert_error(through.get(f"/v2/{repo}/blobs/{digest_of(b'x')}"), 503, "BLOB_UNKNOWN")
+        assert through.head(f"/v2/{repo}/blobs/{digest_of(b'x')}").status_code == 503
+        r = through.get(f"/v2/{repo}/tags/list")
+        assert_error(r, 404, "NAME_UNKNOWN")  # nothing cached to fall back on
+        assert time.monotonic() - started < 20

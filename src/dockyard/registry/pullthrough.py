@@ -89,6 +89,14 @@ class BlobFetch:
                 errors.RegistryError(errors.BODY_TIMEOUT, message="the client stopped reading the blob")
             )
 
+    def fail(self, error: BaseException) -> None:
+        """The download failed: waiters get ``error``, and so does the streaming request, at
+        once (pieces it has not taken yet are dropped: its response cannot complete anyway)."""
+        self.settle(error)
+        if self._listening:
+            self.release()
+            self._queue.put_nowait(error)
+
     def settle(self, error: BaseException | None) -> None:
         for future in (self.started, self.done):
             if future.done():
@@ -345,8 +353,7 @@ class PullThroughRegistry(Registry):
             error = self._download_error(exc, digest)
             if session is not None:
                 await asyncio.shield(self._discard(session))
-            fetch.settle(error)
-            await fetch.deliver(error)
+            fetch.fail(error)
             if not isinstance(exc, Exception):
                 raise  # cancelled: the worker is stopping
             return
