@@ -350,10 +350,12 @@ class PullThroughRegistry(Registry):
                 )
             await self._publish(session, digest)
         except BaseException as exc:
-            error = self._download_error(exc, digest)
+            fetch.fail(self._download_error(exc, digest))
             if session is not None:
-                await asyncio.shield(self._discard(session))
-            fetch.fail(error)
+                try:
+                    await asyncio.shield(self._discard(session))
+                except Exception:  # the session stays for the stale-session purge
+                    log.exception("discarding the staging of blob %s failed", digest)
             if not isinstance(exc, Exception):
                 raise  # cancelled: the worker is stopping
             return
