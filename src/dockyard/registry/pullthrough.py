@@ -69,7 +69,6 @@ class BlobFetch:
         loop = asyncio.get_running_loop()
         self.started: asyncio.Future[int | None] = loop.create_future()  # the upstream's size
         self.done: asyncio.Future[None] = loop.create_future()
-        self.task: asyncio.Task[None] | None = None
         self._queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(_QUEUE_PIECES)
         self._listening = True
         self._stall_timeout = stall_timeout
@@ -152,12 +151,13 @@ class PullThroughRegistry(Registry):
         self.upstream = upstream
         self.tag_ttl_seconds = tag_ttl_seconds
         self._stall_timeout = stall_timeout
-        self._fetches: dict[tuple[str, Digest], BlobFetch] = {}
+        self._fetches: dict[tuple[str, Digest], BlobFetch] = {}  # downloads not settled yet
+        self._downloads: set[asyncio.Task[None]] = set()  # running (a settled one may still stream)
         self._refreshes: dict[tuple[str, str], asyncio.Task[ManifestRecord]] = {}
 
     async def close_upstream(self) -> None:
         """Stop the downloads under way (their staging is discarded) and close the connections."""
-        tasks = [f.task for f in self._fetches.values() if f.task is not None]
+        tasks = list(self._downloads)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -323,12 +323,21 @@ class PullThroughRegistry(Registry):
         return True
 
     def _start_fetch(self, repository: str, digest: Digest) -> BlobFetch:
-        key = (repository, digest)
         fetch = BlobFetch(self._stall_timeout)
-        fetch.task = asyncio.create_task(self._download(repository, digest, fetch))
-        self._fetches[key] = fetch
-        fetch.task.add_done_callback(lambda _: self._fetches.pop(key, None))
+        self._fetches[(repository, digest)] = fetch
+        task = asyncio.create_task(self._download(repository, digest, fetch))
+        self._downloads.add(task)
+        task.add_done_callback(self._downloads.discard)
         return fetch
+
+    def _settle(self, repository: str, digest: Digest, fetch: BlobFetch, error: BaseException | None) -> None:
+        """The download is over: a request from now on finds the blob stored, or tries anew."""
+        if self._fetches.get((repository, digest)) is fetch:
+            del self._fetches[(repository, digest)]
+        if error is None:
+            fetch.settle(None)
+        else:
+            fetch.fail(error)
 
     async def _download(self, repository: str, digest: Digest, fetch: BlobFetch) -> None:
         """Stage the upstream's bytes, hashing them on the way; publish them only if they match
@@ -350,7 +359,7 @@ class PullThroughRegistry(Registry):
                 )
             await self._publish(session, digest)
         except BaseException as exc:
-            fetch.fail(self._download_error(exc, digest))
+            self._settle(repository, digest, fetch, self._download_error(exc, digest))
             if session is not None:
                 try:
                     await asyncio.shield(self._discard(session))
@@ -359,7 +368,7 @@ class PullThroughRegistry(Registry):
             if not isinstance(exc, Exception):
                 raise  # cancelled: the worker is stopping
             return
-        fetch.settle(None)
+        self._settle(repository, digest, fetch, None)
         for piece in held:
             await fetch.deliver(piece)
         await fetch.deliver(None)
