@@ -36,6 +36,7 @@ def main() -> None:
     "--tls-cert", type=click.Path(path_type=Path, dir_okay=False), help="serve HTTPS with this cert"
 )
 @click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False), help="the certificate's key")
+@click.option("--proxy-remote-url", help="be a pull-through cache of this registry (read-only)")
 def serve(
     listen: str | None,
     data_dir: Path | None,
@@ -43,13 +44,22 @@ def serve(
     config_file: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
+    proxy_remote_url: str | None,
 ) -> None:
     """Serve the registry (filesystem + SQLite by default: nothing to configure)."""
     from dockyard.http.server import serve as run
 
+    # Merged with the rest of the proxy section from the file and the environment.
+    proxy = {"remote_url": proxy_remote_url} if proxy_remote_url else None
     try:
         settings = load_settings(
-            config_file, listen=listen, data_dir=data_dir, workers=workers, tls_cert=tls_cert, tls_key=tls_key
+            config_file,
+            listen=listen,
+            data_dir=data_dir,
+            workers=workers,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            proxy=proxy,
         )
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc

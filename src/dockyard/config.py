@@ -125,6 +125,34 @@ class S3Settings(BaseModel):
     )
 
 
+class ProxySettings(BaseModel):
+    """Pull-through cache (README "Pull-through cache"): serve an upstream registry's content and
+    keep what was fetched. Off while ``remote_url`` is unset; on, the registry takes no pushes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    remote_url: str | None = Field(
+        None, description="the upstream registry, e.g. https://registry-1.docker.io"
+    )
+    username: str | None = Field(None, description="credentials for the upstream (Basic or its token realm)")
+    password: SecretStr | None = None
+    tag_ttl_seconds: float = Field(
+        300.0, ge=0, description="trust a tag this long after the upstream confirmed it, then ask again"
+    )
+    timeout_seconds: float = Field(
+        30.0, gt=0, description="connecting to the upstream, or waiting for its next byte, this long fails"
+    )
+    ca_cert: Path | None = Field(None, description="CA bundle to verify the upstream's certificate")
+    insecure_tls: bool = Field(False, description="do not verify the upstream's certificate")
+
+    @field_validator("remote_url")
+    @classmethod
+    def _check_remote_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("proxy.remote_url must be an http:// or https:// URL")
+        return value.rstrip("/") if value else None
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "dockyard"
@@ -170,6 +198,7 @@ class Settings(BaseSettings):
     ui: bool = Field(True, description="serve the HTML pages for browsing under /ui/")
     auth: AuthSettings = Field(default_factory=AuthSettings)
     gc: GcSettings = Field(default_factory=GcSettings)
+    proxy: ProxySettings = Field(default_factory=ProxySettings)
     log_level: str = "info"
     access_log: bool = False
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dockyard.config import Settings
 from dockyard.metadata.store import SqlMetadataStore
-from dockyard.registry.ports import BlobStore
+from dockyard.registry.ports import BlobStore, Upstream
+from dockyard.registry.pullthrough import PullThroughRegistry
 from dockyard.registry.service import Policy, Registry
 from dockyard.storage.filesystem import FilesystemBlobStore
 
@@ -62,8 +63,36 @@ def build_blob_store(settings: Settings) -> BlobStore:
 def build_registry(settings: Settings) -> Registry:
     """The core over the configured bytes and facts stores (not yet opened: ``meta.open()``)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return Registry(
-        build_blob_store(settings),
-        SqlMetadataStore(settings.metadata_url, migrate=settings.database_auto_migrate),
-        policy_from(settings),
+    blobs = build_blob_store(settings)
+    meta = SqlMetadataStore(settings.metadata_url, migrate=settings.database_auto_migrate)
+    if settings.proxy.remote_url:
+        proxy = settings.proxy
+        return PullThroughRegistry(
+            blobs,
+            meta,
+            build_upstream(settings),
+            policy_from(settings),
+            tag_ttl_seconds=proxy.tag_ttl_seconds,
+            stall_timeout=settings.body_timeout_seconds,
+        )
+    return Registry(blobs, meta, policy_from(settings))
+
+
+def build_upstream(settings: Settings) -> Upstream:
+    """The upstream registry of a pull-through cache (``proxy.remote_url``)."""
+    from dockyard.client.registry import ClientOptions
+    from dockyard.upstream import HttpUpstream
+
+    proxy = settings.proxy
+    assert proxy.remote_url is not None
+    options = ClientOptions(
+        username=proxy.username,
+        password=proxy.password.get_secret_value() if proxy.password else None,
+        ca_cert=proxy.ca_cert,
+        insecure=proxy.insecure_tls,
+        connect_timeout=proxy.timeout_seconds,
+        idle_timeout=proxy.timeout_seconds,
+        retries=1,
+        user_agent="dockyard-pull-through",
     )
+    return HttpUpstream(proxy.remote_url, options, settings.manifest_max_bytes)

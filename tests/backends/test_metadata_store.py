@@ -95,6 +95,24 @@ async def test_manifests_tags_and_a_tag_moved_by_another_node(metadata: Metadata
     assert await node_a.dangling_tags() == []
 
 
+async def test_when_a_tag_was_confirmed_is_shared_and_touched_only_where_it_still_points(
+    metadata: MetadataHarness,
+) -> None:
+    node_a, node_b = await metadata.new_store(), await metadata.new_store()
+    assert await node_a.tag_updated_at("cache", "latest") is None
+    before = time.time()
+    await node_a.put_manifest("cache", manifest("v1"), [ManifestRef(d("layer"), "blob", False)], ["latest"])
+    moved_at = await node_b.tag_updated_at("cache", "latest")
+    assert moved_at is not None and before - 1 <= moved_at <= time.time() + 1
+    await asyncio.sleep(0.02)
+    assert await node_b.touch_tag("cache", "latest", d("v1"))
+    touched_at = await node_a.tag_updated_at("cache", "latest")
+    assert touched_at is not None and touched_at > moved_at
+    assert not await node_b.touch_tag("cache", "latest", d("v2"))  # it points elsewhere
+    assert not await node_b.touch_tag("cache", "gone", d("v1"))
+    assert await node_a.tag_updated_at("cache", "latest") == touched_at
+
+
 async def test_referrers_by_subject_and_artifact_type(metadata: MetadataHarness) -> None:
     meta = await metadata.new_store()
     subject = d("image")

@@ -14,6 +14,7 @@ from dockyard.gc import collect
 from dockyard.http import auth, blobs, browse, discovery, manifests, uploads
 from dockyard.http.common import BODY_TIMEOUT, REGISTRY, continue_middleware, defer_continue
 from dockyard.http.errors import API_VERSION_HEADER, Handler, error_middleware
+from dockyard.registry.pullthrough import PullThroughRegistry
 from dockyard.registry.service import Registry
 from dockyard.wiring import build_registry
 
@@ -114,6 +115,8 @@ def create_app(settings: Settings) -> web.Application:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if isinstance(core, PullThroughRegistry):
+            await core.close_upstream()
         await core.meta.close()
         await core.blobs.close()
 

@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
 
 from dockyard.http.common import registry, repository
 from dockyard.http.ranges import parse_range
 from dockyard.http.sendfile import SendfileResponse
+from dockyard.registry import errors
 from dockyard.registry.digests import Digest
+from dockyard.registry.service import IncomingBlob
 
 OCTET_STREAM = "application/octet-stream"
+
+log = logging.getLogger("dockyard.http")
 
 
 async def get_blob(request: web.Request) -> web.StreamResponse:
     name = repository(request)
     digest = Digest.parse(request.match_info["digest"])
-    info = await registry(request).blob_info(name, digest, want_redirect=request.method == "GET")
+    get = request.method == "GET"
+    info = await registry(request).blob_info(name, digest, want_redirect=get, want_bytes=get)
     headers = {
         "Docker-Content-Digest": str(digest),
         "Content-Type": OCTET_STREAM,
         "Accept-Ranges": "bytes",
         "Cache-Control": "max-age=31536000, immutable",
     }
+    if info.incoming is not None:
+        if "Range" not in request.headers:
+            return await _stream_incoming(request, info.incoming, info.size, headers)
+        # A range of a blob still arriving from the upstream: served once all of it is stored.
+        await info.incoming.stored()
+        info = await registry(request).blob_info(name, digest, want_redirect=True)
     if request.method == "HEAD":
         headers["Content-Length"] = str(info.size)
         return web.Response(status=200, headers=headers)
@@ -51,3 +64,34 @@ async def delete_blob(request: web.Request) -> web.Response:
     digest = Digest.parse(request.match_info["digest"])
     await registry(request).delete_blob(name, digest)
     return web.Response(status=202, headers={"Content-Length": "0"})
+
+
+async def _stream_incoming(
+    request: web.Request, incoming: IncomingBlob, size: int, headers: dict[str, str]
+) -> web.StreamResponse:
+    """A blob streamed as it arrives from the upstream (pull-through cache).
+
+    The status goes out with the first piece, before the digest can be checked. A blob that then
+    fails verification cannot be answered with an error any more: the connection is cut before
+    its last piece instead, so the client sees a short body, never a complete wrong one.
+    """
+    response = web.StreamResponse(status=200, headers=headers)
+    response.content_length = size
+    try:
+        async for data in incoming.stream():
+            if not response.prepared:
+                await response.prepare(request)
+            await response.write(data)
+    except errors.RegistryError as exc:
+        if not response.prepared:
+            raise  # nothing sent yet: the client gets the error
+        log.warning("%s: %s; cutting the connection", request.path, exc)
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    finally:
+        incoming.release()
+    if not response.prepared:
+        await response.prepare(request)
+    await response.write_eof()
+    return response

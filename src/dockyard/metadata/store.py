@@ -551,6 +551,23 @@ class SqlMetadataStore:
     async def resolve_tag(self, repository: str, tag: str) -> ManifestRecord | None:
         return await self._one_manifest("tag", _TAGGED_MANIFEST, {"repository": repository, "tag": tag})
 
+    async def tag_updated_at(self, repository: str, tag: str) -> float | None:
+        q = select(s.tags.c.updated_at).where(s.tags.c.repository == repository, s.tags.c.name == tag)
+        async with self._read.connect() as conn:
+            found = (await conn.execute(q)).scalar()
+        return None if found is None else float(found)
+
+    async def touch_tag(self, repository: str, tag: str, digest: Digest) -> bool:
+        async with self._begin() as conn:
+            result = await conn.execute(
+                update(s.tags)
+                .where(
+                    s.tags.c.repository == repository, s.tags.c.name == tag, s.tags.c.digest == str(digest)
+                )
+                .values(updated_at=time.time())
+            )
+            return bool(result.rowcount)
+
     async def delete_manifest(self, repository: str, digest: Digest) -> bool:
         async with self._begin() as conn:
             result = await conn.execute(

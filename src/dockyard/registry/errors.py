@@ -47,6 +47,23 @@ INSUFFICIENT_STORAGE = ErrorCode("BLOB_UPLOAD_INVALID", 507, "the registry's sto
 BODY_TIMEOUT = ErrorCode("BLOB_UPLOAD_INVALID", 408, "the request body stalled")
 INTERNAL = ErrorCode("UNKNOWN", 500, "internal error; the request was not carried out")
 UPLOAD_LIMIT = ErrorCode("TOOMANYREQUESTS", 429, "too many open upload sessions")
+# Pull-through cache: the upstream could not answer and nothing is cached here (503, the client
+# may retry), or it sent content that fails verification (502); and a cache takes no pushes.
+UPSTREAM_MANIFEST_UNAVAILABLE = ErrorCode(
+    "MANIFEST_UNKNOWN", 503, "the upstream registry cannot be reached and the manifest is not cached"
+)
+UPSTREAM_BLOB_UNAVAILABLE = ErrorCode(
+    "BLOB_UNKNOWN", 503, "the upstream registry cannot be reached and the blob is not cached"
+)
+UPSTREAM_MANIFEST_INVALID = ErrorCode(
+    "MANIFEST_INVALID", 502, "the upstream registry sent an invalid manifest"
+)
+UPSTREAM_DIGEST_INVALID = ErrorCode(
+    "DIGEST_INVALID", 502, "the upstream registry sent content that does not match its digest"
+)
+READ_ONLY = ErrorCode(
+    "UNSUPPORTED", 405, "this registry is a pull-through cache: it takes no pushes or deletes"
+)
 
 
 @dataclass

@@ -1,7 +1,8 @@
-"""The two ports of the core: bytes (a content-addressed blob store) and facts (metadata).
+"""The ports of the core: bytes (a content-addressed blob store), facts (metadata) and, for a
+pull-through cache, the upstream registry.
 
-Adapters in ``dockyard.storage`` and ``dockyard.metadata`` implement these protocols; the core
-only ever sees these interfaces and the value types below.
+Adapters in ``dockyard.storage``, ``dockyard.metadata`` and ``dockyard.upstream`` implement these
+protocols; the core only ever sees these interfaces and the value types below.
 """
 
 from __future__ import annotations
@@ -208,6 +209,14 @@ class MetadataStore(Protocol):
 
     async def resolve_tag(self, repository: str, tag: str) -> ManifestRecord | None: ...
 
+    async def tag_updated_at(self, repository: str, tag: str) -> float | None:
+        """When the tag was last moved (or, in a pull-through cache, confirmed by the upstream)."""
+        ...
+
+    async def touch_tag(self, repository: str, tag: str, digest: Digest) -> bool:
+        """Mark the tag as confirmed now, if it still points at ``digest``."""
+        ...
+
     async def delete_manifest(self, repository: str, digest: Digest) -> bool:
         """Remove a manifest and every tag that points at it."""
         ...
@@ -337,3 +346,57 @@ class MetadataStore(Protocol):
         The lock must die with its holder (a killed process never leaves a session locked).
         """
         ...
+
+
+# ---------------------------------------------------------------------------------------------
+# the upstream registry (pull-through cache)
+
+
+class UpstreamUnavailable(Exception):
+    """The upstream registry gave no usable answer: unreachable, timed out, a 5xx, or it refused
+    our credentials. A cached copy may still be served."""
+
+
+@dataclass(frozen=True)
+class UpstreamManifest:
+    """A manifest as the upstream registry described it; ``body`` is None after a HEAD."""
+
+    digest: Digest
+    media_type: str
+    body: bytes | None = None
+
+
+@dataclass(frozen=True)
+class UpstreamBlob:
+    """A blob being read from the upstream registry: its declared size and its bytes."""
+
+    size: int | None
+    chunks: AsyncIterator[bytes]  # raises UpstreamUnavailable if the stream breaks
+
+
+class Upstream(Protocol):
+    """The registry a pull-through cache serves from. 404 is None; any other failure raises
+    ``UpstreamUnavailable``. The upstream is trusted for nothing: the core verifies every digest."""
+
+    async def resolve_manifest(self, repository: str, tag: str) -> UpstreamManifest | None:
+        """The digest and media type a tag points at now (a HEAD; the body too if the upstream
+        sent no digest and a GET was needed)."""
+        ...
+
+    async def fetch_manifest(self, repository: str, digest: Digest) -> UpstreamManifest | None:
+        """A manifest's bytes, by digest."""
+        ...
+
+    def open_blob(self, repository: str, digest: Digest) -> AbstractAsyncContextManager[UpstreamBlob | None]:
+        """Start reading a blob (redirects followed); the bytes stream until the context ends."""
+        ...
+
+    async def blob_size(self, repository: str, digest: Digest) -> int | None:
+        """A blob's size (a HEAD), without reading it."""
+        ...
+
+    async def list_tags(self, repository: str, limit: int, last: str | None) -> tuple[list[str], bool] | None:
+        """A page of the repository's tags upstream, and whether more follow."""
+        ...
+
+    async def close(self) -> None: ...

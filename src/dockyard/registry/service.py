@@ -11,13 +11,14 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from dockyard.failpoints import crash_point
 from dockyard.registry import errors
 from dockyard.registry.digests import DEFAULT_ALGORITHM, Digest, Hasher, check_algorithm, new_hasher
 from dockyard.registry.manifests import ParsedManifest, parse_manifest
 from dockyard.registry.names import Reference, parse_name, parse_tag
-from dockyard.registry.ports import BlobStore, ManifestRecord, MetadataStore, UploadSession
+from dockyard.registry.ports import BlobStore, ManifestRecord, ManifestRef, MetadataStore, UploadSession
 from dockyard.registry.uploads import ChunkRange, LiveHashers, SessionError, UploadOutOfOrder
 
 Body = AsyncIterator[bytes]
@@ -49,12 +50,30 @@ class Policy:
     takeover_after_seconds: float = 5.0  # a stalled body yields its session to a newer request
 
 
+class IncomingBlob(Protocol):
+    """A blob on its way from an upstream registry into the store (pull-through cache)."""
+
+    def stream(self) -> Body:
+        """Its bytes as they arrive. The last piece comes only once all of them verified against
+        the digest; if they do not, this raises instead."""
+        ...
+
+    async def stored(self) -> None:
+        """Wait until the blob is stored here (and stop being streamed); raises if it was not."""
+        ...
+
+    def release(self) -> None:
+        """The caller will not stream it (the download goes on for the cache)."""
+        ...
+
+
 @dataclass(frozen=True)
 class BlobInfo:
     digest: Digest
     size: int
     path: Path | None
     redirect: str | None
+    incoming: IncomingBlob | None = None  # not stored yet: arriving from an upstream
 
 
 @dataclass(frozen=True)
@@ -124,7 +143,11 @@ class Registry:
 
     # -- blobs ---------------------------------------------------------------------------------
 
-    async def blob_info(self, repository: str, digest: Digest, want_redirect: bool = False) -> BlobInfo:
+    async def blob_info(
+        self, repository: str, digest: Digest, want_redirect: bool = False, want_bytes: bool = False
+    ) -> BlobInfo:
+        """Where a blob's bytes are. ``want_bytes``: the caller will read them (a GET, where a
+        HEAD only needs the size)."""
         found = await self.meta.linked_blob(repository, digest)
         if found is None:
             raise errors.RegistryError(errors.BLOB_UNKNOWN, detail={"digest": str(digest)})
@@ -197,7 +220,21 @@ class Registry:
         tags = self._push_tags(reference, extra_tags)
         parsed = parse_manifest(body, content_type)
         await self._check_references(repository, parsed)
-        refs = parsed.refs(self.policy.index_requires_children)
+        await self._save_manifest(
+            repository, digest, body, parsed, parsed.refs(self.policy.index_requires_children), tags
+        )
+        return PushedManifest(digest, tags, parsed.subject.digest if parsed.subject else None)
+
+    async def _save_manifest(
+        self,
+        repository: str,
+        digest: Digest,
+        body: bytes,
+        parsed: ParsedManifest,
+        refs: Sequence[ManifestRef],
+        tags: Sequence[str],
+    ) -> None:
+        """Store verified, validated manifest bytes and record them (and ``tags``) in the repository."""
         async with self.meta.lock_blob(digest):
             with _storage_errors():
                 await self.blobs.put(digest, body)
@@ -205,7 +242,6 @@ class Registry:
             await self.meta.put_manifest(repository, parsed.record(digest, len(body)), refs, tags)
         crash_point("manifest.after_record")
         self._manifests.put(digest, body)
-        return PushedManifest(digest, tags, parsed.subject.digest if parsed.subject else None)
 
     def _push_tags(self, reference: Reference, extra_tags: Sequence[str]) -> list[str]:
         if reference.tag is not None:
