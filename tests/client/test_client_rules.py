@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import os
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -16,7 +17,15 @@ import pytest
 from aiohttp import web
 
 from dockyard.client.commands import parse_size
-from dockyard.client.content import Descriptor
+from dockyard.client.content import (
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Descriptor,
+    Manifest,
+    PlatformNotFound,
+    choose_platform,
+    platform_matches,
+)
 from dockyard.client.layout import OciLayout, split_layout_argument
 from dockyard.client.progress import Progress
 from dockyard.client.pull import download_blob
@@ -206,3 +215,44 @@ def test_upload_ranges_sizes_challenges_and_layout_arguments(tmp_path: Path) -> 
     assert split_layout_argument(f"{tmp_path}/l@sha256:{'a' * 64}") == (tmp_path / "l", f"sha256:{'a' * 64}")
     (tmp_path / "odd:name").mkdir()
     assert split_layout_argument(f"{tmp_path}/odd:name") == (tmp_path / "odd:name", None)
+
+
+@pytest.mark.parametrize(
+    ("wanted", "offered", "matches"),
+    [
+        ("linux/arm64", "linux/arm64/v8", True),
+        ("linux/arm64/v8", "linux/arm64/v8", True),
+        ("linux/arm/v7", "linux/arm/v6", False),
+        ("linux/arm/v7", "linux/arm", False),
+        ("linux/amd64", "windows/amd64", False),
+        ("linux/amd", "linux/amd64", False),
+    ],
+)
+def test_a_platform_matches_by_parts_and_a_missing_variant_matches_any(
+    wanted: str, offered: str, matches: bool
+) -> None:
+    assert platform_matches(wanted, offered) is matches
+
+
+def test_the_first_matching_entry_of_an_index_is_chosen_and_a_miss_says_what_there_is() -> None:
+    def entry(n: int, **platform: str) -> dict[str, Any]:
+        return {"mediaType": OCI_MANIFEST, "digest": f"sha256:{n:064x}", "size": 1, "platform": platform}
+
+    index = Manifest.parse(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_INDEX,
+                "manifests": [
+                    entry(1, os="linux", architecture="arm", variant="v6"),
+                    entry(2, os="linux", architecture="arm", variant="v7"),
+                    entry(3, os="linux", architecture="arm", variant="v7"),
+                    {"mediaType": OCI_MANIFEST, "digest": f"sha256:{4:064x}", "size": 1},
+                ],
+            }
+        ).encode()
+    )
+    assert choose_platform(index, "linux/arm/v7").digest == f"sha256:{2:064x}"
+    assert choose_platform(index, "linux/arm").digest == f"sha256:{1:064x}"
+    with pytest.raises(PlatformNotFound, match=r"it has: linux/arm/v6, linux/arm/v7\)"):
+        choose_platform(index, "linux/amd64")

@@ -178,3 +178,42 @@ def test_probe_reports_what_dockyard_does(registry_server: DockyardServer) -> No
     table = cli("probe", registry_server.host)
     assert table.exit_code == 0
     assert "Location stable across PATCHes" in table.output and "yes" in table.output
+
+
+def test_pull_with_a_platform_takes_that_image_of_the_index(
+    registry_server: DockyardServer, tmp_path: Path
+) -> None:
+    built = build_index(
+        tmp_path / "layout", platforms=(("linux", "amd64"), ("linux", "arm64"), ("windows", "amd64"))
+    )
+    repo = unique("multi")
+    cli_json("push", f"{tmp_path / 'layout'}:latest", f"{registry_server.host}/{repo}:v1")
+    arm = built.image_for("linux", "arm64")
+
+    pulled = cli_json(
+        "pull", f"{registry_server.host}/{repo}:v1", str(tmp_path / "arm"), "--platform", "linux/arm64"
+    )
+    assert pulled["digest"] == arm.digest
+    assert pulled["platform"] == "linux/arm64"
+    # the layout names the arm64 image and holds exactly it: no index, no other platform's blobs
+    assert resolve_tag(tmp_path / "arm", "v1").digest == arm.digest
+    expected = {arm.digest, arm.config.digest, *(layer.digest for layer in arm.layers)}
+    assert layout_digests(tmp_path / "arm") == expected
+
+    missing = cli(
+        "pull", f"{registry_server.host}/{repo}:v1", str(tmp_path / "none"), "--platform", "linux/s390x"
+    )
+    assert missing.exit_code == 1
+    assert "linux/s390x" in missing.output and "linux/amd64, linux/arm64, windows/amd64" in missing.output
+    bad = cli("pull", f"{registry_server.host}/{repo}:v1", str(tmp_path / "none"), "--platform", "linux")
+    assert bad.exit_code == 2 and "os/architecture" in bad.output
+
+    # an image that is not an index is pulled as it is
+    single = cli_json(
+        "pull",
+        f"{registry_server.host}/{repo}@{arm.digest}",
+        str(tmp_path / "one"),
+        "--platform",
+        "linux/amd64",
+    )
+    assert single["digest"] == arm.digest and single["platform"] is None

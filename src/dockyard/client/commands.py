@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import aiohttp
 import click
 
+from dockyard.client.content import PlatformNotFound, check_platform_spec
 from dockyard.client.layout import LayoutError, OciLayout, split_layout_argument
 from dockyard.client.progress import Progress, human
 from dockyard.client.reference import ImageReference
@@ -113,7 +114,7 @@ def _run(work: Coroutine[Any, Any, T], interrupted: str) -> T:
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted; {interrupted}", err=True)
         sys.exit(130)
-    except (RegistryError, LayoutError) as exc:
+    except (RegistryError, LayoutError, PlatformNotFound) as exc:
         raise click.ClickException(str(exc)) from exc
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
@@ -191,9 +192,17 @@ def push(
 @click.argument("source")
 @click.argument("layout")
 @click.option("--jobs", type=int, default=3, show_default=True, help="blobs in flight at once")
+@click.option(
+    "--platform",
+    callback=lambda _ctx, _param, value: _platform_option(value),
+    help="OS/ARCH[/VARIANT]: of an index, pull only this platform's image",
+)
 @_options
-def pull(source: str, layout: str, jobs: int, as_json: bool, quiet: bool, **kwargs: Any) -> None:
-    """Pull HOST[:PORT]/REPOSITORY[:TAG|@DIGEST] (all platforms) into the OCI layout LAYOUT[:TAG].
+def pull(
+    source: str, layout: str, jobs: int, platform: str | None, as_json: bool, quiet: bool, **kwargs: Any
+) -> None:
+    """Pull HOST[:PORT]/REPOSITORY[:TAG|@DIGEST] (all platforms, or --platform's) into the OCI
+    layout LAYOUT[:TAG].
 
     Blobs download with Range requests into .partial files: an interrupted pull goes on where it
     stopped when run again. Every digest is verified.
@@ -207,7 +216,9 @@ def pull(source: str, layout: str, jobs: int, as_json: bool, quiet: bool, **kwar
 
     async def run() -> dict[str, Any]:
         async with Registry.for_reference(src, options) as registry:
-            report = await pull_image(src, registry, OciLayout(path), progress=progress, jobs=jobs, tag=tag)
+            report = await pull_image(
+                src, registry, OciLayout(path), progress=progress, jobs=jobs, tag=tag, platform=platform
+            )
         progress.close()
         return summary(report)
 
@@ -217,6 +228,13 @@ def pull(source: str, layout: str, jobs: int, as_json: bool, quiet: bool, **kwar
         data,
         f"pulled {src}@{data['digest']} into {path} ({human(data['bytes_downloaded'])} downloaded)",
     )
+
+
+def _platform_option(value: str | None) -> str | None:
+    try:
+        return None if value is None else check_platform_spec(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
 
 
 def _default_copy_state() -> Path:

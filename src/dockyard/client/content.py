@@ -35,6 +35,17 @@ class Descriptor:
         return cls(media_type if isinstance(media_type, str) else "", digest, size, value)
 
     @property
+    def platform(self) -> str | None:
+        """``os/architecture[/variant]`` of an index entry, when it says."""
+        value = self.raw.get("platform")
+        if not isinstance(value, dict):
+            return None
+        parts = [value.get("os"), value.get("architecture"), value.get("variant")]
+        if not all(isinstance(p, str) and p for p in parts[:2]):
+            return None
+        return "/".join(p for p in parts if isinstance(p, str) and p)
+
+    @property
     def non_distributable(self) -> bool:
         return any(marker in self.media_type for marker in _NON_DISTRIBUTABLE)
 
@@ -118,3 +129,31 @@ def digest_of(data: bytes, algorithm: str = "sha256") -> str:
 def new_hasher(digest: str) -> Any:
     """A hashlib object for ``digest``'s algorithm."""
     return hashlib.new(digest.partition(":")[0])
+
+
+def platform_matches(wanted: str, offered: str) -> bool:
+    """``linux/arm64`` matches ``linux/arm64/v8``; ``linux/arm/v7`` matches only ``linux/arm/v7``."""
+    want, have = wanted.split("/"), offered.split("/")
+    return have[: len(want)] == want
+
+
+class PlatformNotFound(LookupError):
+    """The index has no image for the platform asked for."""
+
+
+def choose_platform(index: Manifest, wanted: str) -> Descriptor:
+    """The index entry for ``wanted`` (the first that matches); PlatformNotFound says what there is."""
+    children = index.children
+    for child in children:
+        if child.platform is not None and platform_matches(wanted, child.platform):
+            return child
+    offered = ", ".join(sorted({c.platform for c in children if c.platform})) or "none declared"
+    raise PlatformNotFound(f"no image for platform {wanted} in the index (it has: {offered})")
+
+
+def check_platform_spec(text: str) -> str:
+    """``os/architecture[/variant]``, each part non-empty; ValueError otherwise."""
+    parts = text.split("/")
+    if not 2 <= len(parts) <= 3 or not all(parts):
+        raise ValueError(f"platform {text!r}: expected os/architecture[/variant], e.g. linux/amd64")
+    return text

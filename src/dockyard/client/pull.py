@@ -13,7 +13,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from dockyard.client.content import ACCEPT, Descriptor, Manifest, blob_label, digest_of, new_hasher
+from dockyard.client.content import (
+    ACCEPT,
+    Descriptor,
+    Manifest,
+    blob_label,
+    choose_platform,
+    digest_of,
+    new_hasher,
+)
 from dockyard.client.layout import OciLayout
 from dockyard.client.progress import Progress
 from dockyard.client.reference import ImageReference
@@ -39,6 +47,7 @@ class PullReport:
     skipped: int = 0
     faults: int = 0
     digests: list[str] = field(default_factory=list)
+    platform: str | None = None
 
 
 async def get_manifest(registry: Registry, repository: str, reference: str) -> Manifest:
@@ -163,11 +172,21 @@ async def pull_image(
     progress: Progress,
     jobs: int = 3,
     tag: str | None = None,
+    platform: str | None = None,
 ) -> PullReport:
-    """Pull ``source`` (all platforms) into ``layout`` and name it ``tag`` (default: its tag)."""
+    """Pull ``source`` into ``layout`` and name it ``tag`` (default: its tag).
+
+    An index comes whole (every platform), unless ``platform`` (``os/arch[/variant]``) picks
+    one of its images: then that image alone is pulled and named, as ``docker pull
+    --platform`` does. A source that is not an index is pulled as it is.
+    """
     layout.init()
     root = await get_manifest(registry, source.repository, source.reference)
-    report = PullReport(root.descriptor())
+    chosen = None
+    if platform is not None and root.is_index:
+        chosen = choose_platform(root, platform)
+        root = await get_manifest(registry, source.repository, chosen.digest)
+    report = PullReport(root.descriptor(), platform=chosen.platform if chosen else None)
     semaphore = asyncio.Semaphore(jobs)
     seen: set[str] = set()
 
@@ -200,4 +219,5 @@ def summary(report: PullReport) -> dict[str, Any]:
         "blobs_already_present": report.skipped,
         "bytes_downloaded": report.bytes_downloaded,
         "faults_recovered": report.faults,
+        "platform": report.platform,
     }
