@@ -217,3 +217,24 @@ def test_pull_with_a_platform_takes_that_image_of_the_index(
         "linux/amd64",
     )
     assert single["digest"] == arm.digest and single["platform"] is None
+
+
+def test_pull_with_referrers_brings_the_artifacts_that_refer_to_the_image(
+    registry_server: DockyardServer, tmp_path: Path
+) -> None:
+    built = build_index(tmp_path / "layout")
+    repo = unique("signed")
+    cli_json("push", f"{tmp_path / 'layout'}:latest", f"{registry_server.host}/{repo}:v1")
+    sbom = _attach_referrer(registry_server, repo, built.digest, built.index.size)
+    source = f"{registry_server.host}/{repo}:v1"
+
+    plain = cli_json("pull", source, str(tmp_path / "plain"))
+    assert plain["referrers"] == [] and sbom not in layout_digests(tmp_path / "plain")
+
+    pulled = cli_json("pull", source, str(tmp_path / "out"), "--referrers")
+    assert pulled["referrers"] == [sbom]
+    assert sbom in layout_digests(tmp_path / "out")
+    assert file_digest(tmp_path / "out" / "blobs" / "sha256" / sbom[7:]) == sbom
+    entries = json.loads((tmp_path / "out" / "index.json").read_text())["manifests"]
+    assert [e for e in entries if e["digest"] == sbom and "annotations" not in e]  # listed, unnamed
+    assert resolve_tag(tmp_path / "out", "v1").digest == built.digest  # the tag still names the index

@@ -197,9 +197,17 @@ def push(
     callback=lambda _ctx, _param, value: _platform_option(value),
     help="OS/ARCH[/VARIANT]: of an index, pull only this platform's image",
 )
+@click.option("--referrers", is_flag=True, help="also pull what refers to the image (signatures, SBOMs)")
 @_options
 def pull(
-    source: str, layout: str, jobs: int, platform: str | None, as_json: bool, quiet: bool, **kwargs: Any
+    source: str,
+    layout: str,
+    jobs: int,
+    platform: str | None,
+    referrers: bool,
+    as_json: bool,
+    quiet: bool,
+    **kwargs: Any,
 ) -> None:
     """Pull HOST[:PORT]/REPOSITORY[:TAG|@DIGEST] (all platforms, or --platform's) into the OCI
     layout LAYOUT[:TAG].
@@ -217,7 +225,14 @@ def pull(
     async def run() -> dict[str, Any]:
         async with Registry.for_reference(src, options) as registry:
             report = await pull_image(
-                src, registry, OciLayout(path), progress=progress, jobs=jobs, tag=tag, platform=platform
+                src,
+                registry,
+                OciLayout(path),
+                progress=progress,
+                jobs=jobs,
+                tag=tag,
+                platform=platform,
+                referrers=referrers,
             )
         progress.close()
         return summary(report)

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dockyard.client.content import OCI_INDEX, Descriptor, Manifest, blob_label
+from dockyard.client.content import Descriptor, Manifest, blob_label
 from dockyard.client.progress import Progress
-from dockyard.client.pull import get_manifest
+from dockyard.client.pull import get_manifest, list_referrers
 from dockyard.client.push import put_manifest
 from dockyard.client.reference import ImageReference
-from dockyard.client.registry import Registry, RegistryError, repository_scope
+from dockyard.client.registry import Registry, RegistryError
 from dockyard.client.state import ResumeState
 from dockyard.client.tasks import run_all
 from dockyard.client.upload import (
@@ -49,31 +49,6 @@ class CopyReport:
             "bytes_sent": sum(r.sent for r in self.results),
             "faults_recovered": sum(r.faults for r in self.results),
         }
-
-
-async def list_referrers(registry: Registry, repository: str, digest: str) -> list[Descriptor]:
-    """The referrers of ``digest``: the referrers API, or the tag schema (``sha256-<hex>``) without it."""
-    scopes = [repository_scope(repository, "pull")]
-    url = registry.url(f"/v2/{repository}/referrers/{digest}")
-    answer = await registry.retrying(
-        "referrers",
-        lambda: registry.call("GET", url, scopes=scopes, headers={"Accept": OCI_INDEX}, ok=(200, 404)),
-    )
-    if answer.status == 200:
-        try:
-            return [Descriptor.from_json(m) for m in answer.json().get("manifests") or []]
-        except (ValueError, AttributeError):
-            pass
-    fallback = digest.replace(":", "-")
-    tag_url = registry.url(f"/v2/{repository}/manifests/{fallback}")
-    found = await registry.retrying(
-        "referrers tag",
-        lambda: registry.call("HEAD", tag_url, scopes=scopes, headers={"Accept": OCI_INDEX}, ok=(200, 404)),
-    )
-    if found.status != 200:
-        return []
-    index = await get_manifest(registry, repository, fallback)
-    return index.children
 
 
 async def copy_image(

@@ -15,6 +15,7 @@ from typing import Any
 
 from dockyard.client.content import (
     ACCEPT,
+    OCI_INDEX,
     Descriptor,
     Manifest,
     blob_label,
@@ -48,6 +49,7 @@ class PullReport:
     faults: int = 0
     digests: list[str] = field(default_factory=list)
     platform: str | None = None
+    referrers: list[str] = field(default_factory=list)
 
 
 async def get_manifest(registry: Registry, repository: str, reference: str) -> Manifest:
@@ -65,6 +67,31 @@ async def get_manifest(registry: Registry, repository: str, reference: str) -> M
         if actual != expected:
             raise RegistryError(200, f"manifest bytes hash to {actual}, not {expected}", str(url))
     return Manifest.parse(answer.body, answer.header("Content-Type"))
+
+
+async def list_referrers(registry: Registry, repository: str, digest: str) -> list[Descriptor]:
+    """The referrers of ``digest``: the referrers API, or the tag schema (``sha256-<hex>``) without it."""
+    scopes = [repository_scope(repository, "pull")]
+    url = registry.url(f"/v2/{repository}/referrers/{digest}")
+    answer = await registry.retrying(
+        "referrers",
+        lambda: registry.call("GET", url, scopes=scopes, headers={"Accept": OCI_INDEX}, ok=(200, 404)),
+    )
+    if answer.status == 200:
+        try:
+            return [Descriptor.from_json(m) for m in answer.json().get("manifests") or []]
+        except (ValueError, AttributeError):
+            pass
+    fallback = digest.replace(":", "-")
+    tag_url = registry.url(f"/v2/{repository}/manifests/{fallback}")
+    found = await registry.retrying(
+        "referrers tag",
+        lambda: registry.call("HEAD", tag_url, scopes=scopes, headers={"Accept": OCI_INDEX}, ok=(200, 404)),
+    )
+    if found.status != 200:
+        return []
+    index = await get_manifest(registry, repository, fallback)
+    return index.children
 
 
 async def download_blob(
@@ -173,12 +200,15 @@ async def pull_image(
     jobs: int = 3,
     tag: str | None = None,
     platform: str | None = None,
+    referrers: bool = False,
 ) -> PullReport:
     """Pull ``source`` into ``layout`` and name it ``tag`` (default: its tag).
 
     An index comes whole (every platform), unless ``platform`` (``os/arch[/variant]``) picks
     one of its images: then that image alone is pulled and named, as ``docker pull
-    --platform`` does. A source that is not an index is pulled as it is.
+    --platform`` does. A source that is not an index is pulled as it is. With ``referrers``,
+    the artifacts that refer to what was pulled (signatures, SBOMs; and theirs, in turn) come
+    too, listed in ``index.json`` without a name.
     """
     layout.init()
     root = await get_manifest(registry, source.repository, source.reference)
@@ -205,7 +235,21 @@ async def pull_image(
         report.manifests += 1
         report.digests.append(manifest.digest)
 
+    async def pull_referrers(subject: str, depth: int = 0) -> None:
+        if depth > 8:
+            return
+        for descriptor in await list_referrers(registry, source.repository, subject):
+            if descriptor.digest in report.digests:
+                continue
+            await walk(await get_manifest(registry, source.repository, descriptor.digest))
+            layout.tag(descriptor, None)
+            report.referrers.append(descriptor.digest)
+            await pull_referrers(descriptor.digest, depth + 1)
+
     await walk(root)
+    if referrers:
+        for subject in [root.digest, *(c.digest for c in root.children)]:
+            await pull_referrers(subject)
     layout.tag(root.descriptor(), tag or source.tag or (None if source.digest else "latest"))
     return report
 
@@ -220,4 +264,5 @@ def summary(report: PullReport) -> dict[str, Any]:
         "bytes_downloaded": report.bytes_downloaded,
         "faults_recovered": report.faults,
         "platform": report.platform,
+        "referrers": report.referrers,
     }
