@@ -15,7 +15,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.api_helpers import OCI_MANIFEST, assert_error, digest_of, image_manifest, push_blob
+from tests.support.api_helpers import (
+    OCI_MANIFEST,
+    assert_error,
+    digest_of,
+    image_manifest,
+    push_blob,
+    session_offset,
+)
 from tests.support.server import DockyardServer
 from tests.support.services import TEST_BACKEND
 
@@ -168,3 +175,23 @@ def test_full_disk_answers_507_and_keeps_serving_pulls(
         timeout=60,
     )
     assert json.loads(out.stdout)["clean"], out.stdout
+
+
+def test_a_patch_cut_short_by_a_full_disk_keeps_exactly_what_fit(
+    small_disk: Path, tmp_path: Path, start_server: Callable[..., DockyardServer]
+) -> None:
+    """Blobs on a full disk, metadata elsewhere: the session records what reached the disk, and
+    that is exactly the stream's first bytes (nothing written after a failed write), so the
+    client can go on from there."""
+    database = f"sqlite+aiosqlite:///{tmp_path / 'metadata.db'}"
+    server = start_server(data_dir=small_disk / "data", env={"DOCKYARD_DATABASE_URL": database})
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        big = os.urandom(40 * MiB)
+        location = client.post("/v2/full/app/blobs/uploads/").headers["location"]
+        r = client.patch(location, content=big)
+        assert r.status_code == 507, r.text
+        fit = session_offset(client, location)
+        assert 16 * MiB < fit < len(big)
+        done = client.put(location, params={"digest": digest_of(big[:fit])})
+        assert done.status_code == 201, done.text
+        assert client.get(f"/v2/full/app/blobs/{digest_of(big[:fit])}").content == big[:fit]

@@ -77,6 +77,7 @@ class _FileStagingWriter:
         self._batch: list[bytes] = []
         self._batched = 0
         self._running: concurrent.futures.Future[None] | None = None
+        self._failed: OSError | None = None  # after a failed write nothing more is written
 
     async def write(self, data: bytes) -> None:
         self._batch.append(data)
@@ -86,6 +87,10 @@ class _FileStagingWriter:
 
     async def _hand_over(self) -> None:
         await self._wait()
+        if self._failed is not None:
+            # The file holds a prefix of the stream (a short write included); a later batch
+            # written after it would leave a gap the session's offset could not describe.
+            raise self._failed
         if self._batch:
             batch, self._batch, self._batched = self._batch, [], 0
             self._running = _writer_threads().submit(_write_all, self._fd, batch)
@@ -100,6 +105,9 @@ class _FileStagingWriter:
             await asyncio.wrap_future(running)
         except asyncio.CancelledError:
             concurrent.futures.wait([running])
+            raise
+        except OSError as exc:
+            self._failed = exc
             raise
 
     async def close(self) -> int:
