@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -1305,3 +1306,26 @@ def test_zz_the_server_logged_no_unhandled_error(sandbox: Sandbox) -> None:
     sandbox.server.stop()
     errors = server_errors(sandbox.server.log(), ignore_startup_race=True)  # own test: test_concurrency
     assert errors == [], f"{len(errors)} unhandled error(s) logged:\n" + "\n".join(errors[:20])
+
+
+def test_a_malformed_request_is_one_line_in_the_log_not_an_error_with_a_traceback(
+    tmp_path: Path,
+) -> None:
+    server = DockyardServer(tmp_path / "data").start()
+    try:
+        for raw in (
+            b"GET /v2/\x7fbad HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /v2/ HTTP/1.1\r\nBad Header\r\n\r\n",
+        ):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+                sock.sendall(raw)
+                assert sock.recv(100).startswith(b"HTTP/1.0 400")
+        deadline = time.monotonic() + 5
+        while server.log().count("malformed request (400 answered)") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log = server.log()
+    finally:
+        server.stop()
+    assert log.count("malformed request (400 answered)") == 2, log
+    assert "Traceback" not in log and "ERROR" not in log, log
+    assert "\\x7f" in log  # the offending bytes, escaped

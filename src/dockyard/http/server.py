@@ -14,12 +14,32 @@ import sys
 import time
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from dockyard.config import Settings
 from dockyard.http.app import create_app
 from dockyard.wiring import build_registry
 
 log = logging.getLogger("dockyard")
+
+
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs each request it cannot parse (a bad request line, a bad header) at ERROR with
+    a traceback. A client's garbage is not the server's error, and anyone could fill the log with
+    it: one line at INFO instead, the offending bytes cut short and escaped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        if not log.isEnabledFor(logging.INFO):
+            return False
+        lines = [line.strip() for line in (exc.message or "").splitlines() if line.strip()]
+        record.msg = "malformed request (%s answered): %r"
+        record.args = (exc.code, " ".join(lines[:2])[:300])
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.exc_info, record.exc_text = None, None
+        return True
 
 
 async def _prepare_metadata(settings: Settings) -> None:
@@ -62,6 +82,7 @@ def is_loopback(host: str) -> bool:
 
 
 async def _serve(settings: Settings, sock: socket.socket) -> None:
+    logging.getLogger("aiohttp.server").addFilter(_MalformedRequests())
     app = create_app(settings)
     runner = web.AppRunner(
         app,
