@@ -8,6 +8,8 @@ import hashlib
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -479,3 +481,40 @@ def test_an_upstream_that_is_silent_or_failing_gets_a_clear_error_in_bounded_tim
         r = through.get(f"/v2/{repo}/tags/list")
         assert_error(r, 404, "NAME_UNKNOWN")  # nothing cached to fall back on
         assert time.monotonic() - started < 20
+
+
+@filesystem_only
+def test_retention_evicts_what_nobody_pulled_and_a_pull_brings_it_back(
+    upstream: DockyardServer, up: httpx.Client, start_proxy: Callable[..., DockyardServer]
+) -> None:
+    """The README's eviction recipe: a tag's time moves whenever a pull re-confirms it with the
+    upstream, so a retention rule by age drops what nobody pulled lately, and collection frees
+    its blobs. The next pull fetches it again."""
+    gc_env = {
+        "DOCKYARD_GC__RETENTION": json.dumps([{"repository": "evict/**", "max_age_days": 3 / 86400}]),
+        "DOCKYARD_GC__DELETE_UNTAGGED": "true",
+        "DOCKYARD_GC__GRACE_SECONDS": "0",
+    }
+    cold = push_image(up, "evict/cold", "v1", seed="cold")
+    hot = push_image(up, "evict/hot", "v1", seed="hot")
+    proxy = start_proxy(upstream, tag_ttl=0.5, env=gc_env)
+    with api_client(proxy.url) as through:
+        for repo, image in (("evict/cold", cold), ("evict/hot", hot)):
+            assert through.get(f"/v2/{repo}/manifests/v1").content == image.manifest
+            for blob in (image.config, *image.layers):
+                pull_blob(through, repo, digest_of(blob))
+        time.sleep(2)
+        assert through.get("/v2/evict/hot/manifests/v1").content == hot.manifest  # re-confirmed
+        time.sleep(1.5)
+        collected = subprocess.run(
+            [sys.executable, "-m", "dockyard", "gc", "--data-dir", str(proxy.data_dir), "--json"],
+            env={**os.environ, **gc_env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert collected.returncode == 0, collected.stderr
+        assert not blob_file(proxy.data_dir, digest_of(cold.layers[0])).exists()
+        assert blob_file(proxy.data_dir, digest_of(hot.layers[0])).exists()
+        assert through.get("/v2/evict/cold/manifests/v1").content == cold.manifest
+        assert pull_blob(through, "evict/cold", digest_of(cold.layers[0])) == cold.layers[0]
