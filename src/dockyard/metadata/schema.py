@@ -124,8 +124,8 @@ uploads = Table(
     Column("updated_at", Float, nullable=False),
     Column("owner", String(255)),
     Column("backend_state", Text, nullable=False),
-    # when a request last found the session held by another (the holder yields if stalled)
-    Column("takeover_requested_at", Float),
+    # how many requests found the session held by another (a stalled holder then yields)
+    Column("takeover_requests", Integer, nullable=False, server_default="0"),
     Index("ix_uploads_repository", "repository"),
     Index("ix_uploads_updated_at", "updated_at"),
 )

@@ -224,6 +224,7 @@ def _session(row: Row[Any] | sqlite3.Row) -> UploadSession:
         updated_at=m["updated_at"],
         owner=m["owner"],
         backend_state=json.loads(m["backend_state"]),
+        takeover_requests=int(m["takeover_requests"] or 0),
     )
 
 
@@ -668,17 +669,19 @@ class SqlMetadataStore:
         async with self._begin() as conn:
             await conn.execute(_SAVE_UPLOAD, params)
 
-    async def request_takeover(self, upload_id: str, at: float) -> None:
+    async def request_takeover(self, upload_id: str) -> None:
+        # A count, not a time: nodes' clocks need not agree for a holder to see a newer request.
         async with self._begin() as conn:
             await conn.execute(
-                update(s.uploads).where(s.uploads.c.id == upload_id).values(takeover_requested_at=at)
+                update(s.uploads)
+                .where(s.uploads.c.id == upload_id)
+                .values(takeover_requests=s.uploads.c.takeover_requests + 1)
             )
 
-    async def takeover_requested(self, upload_id: str, since: float) -> bool:
-        q = select(s.uploads.c.takeover_requested_at).where(s.uploads.c.id == upload_id)
+    async def takeover_requests(self, upload_id: str) -> int:
+        q = select(s.uploads.c.takeover_requests).where(s.uploads.c.id == upload_id)
         async with self._read.connect() as conn:
-            at = (await conn.execute(q)).scalar()
-        return at is not None and float(at) > since
+            return int((await conn.execute(q)).scalar() or 0)
 
     async def delete_upload(self, upload_id: str) -> None:
         async with self._begin() as conn:

@@ -52,6 +52,8 @@ class UploadSession:
     updated_at: float = 0.0
     owner: str | None = None  # the identity that opened it (sessions are not transferable)
     backend_state: dict[str, Any] = field(default_factory=dict)
+    # how many requests found the session held by another (read-only here: Registry._append)
+    takeover_requests: int = 0
 
 
 @dataclass
@@ -242,12 +244,12 @@ class MetadataStore(Protocol):
 
     async def delete_upload(self, upload_id: str) -> None: ...
 
-    async def request_takeover(self, upload_id: str, at: float) -> None:
-        """Note that a request found the session held by another (see Registry._append)."""
+    async def request_takeover(self, upload_id: str) -> None:
+        """Count a request that found the session held by another (see Registry._append)."""
         ...
 
-    async def takeover_requested(self, upload_id: str, since: float) -> bool:
-        """Whether a request asked for the session after ``since``."""
+    async def takeover_requests(self, upload_id: str) -> int:
+        """How many requests have found the session held so far."""
         ...
 
     async def count_uploads(self, repository: str) -> int: ...

@@ -514,7 +514,7 @@ class Registry:
             if not locked:
                 # Often the holder is the client's own earlier request, whose connection died
                 # where the server cannot see it: ask it to yield (_append) if it has stalled.
-                await self.meta.request_takeover(upload_id, self._clock())
+                await self.meta.request_takeover(upload_id)
                 raise UploadOutOfOrder(
                     session,
                     "another request is writing to this upload session; if its body has stalled, "
@@ -577,13 +577,13 @@ class Registry:
         start = session.offset
         received = 0
         writer = None
-        holding_since = last_data = self._clock()
+        last_data = self._clock()
         try:
             with _storage_errors():
                 writer = await self.blobs.staging_open(session)
                 async for data in body:
                     if not data:  # the body stalls (a heartbeat of the HTTP layer)
-                        await self._yield_if_wanted(session, holding_since, last_data)
+                        await self._yield_if_wanted(session, last_data)
                         continue
                     last_data = self._clock()
                     if expected is not None and received + len(data) > expected:
@@ -611,15 +611,16 @@ class Registry:
             if hasher is not None and size == start + received:
                 self._hashers.keep(session, hasher)
 
-    async def _yield_if_wanted(self, session: UploadSession, holding_since: float, last_data: float) -> None:
+    async def _yield_if_wanted(self, session: UploadSession, last_data: float) -> None:
         """A body stalled past ``takeover_after_seconds`` gives its session up when a newer
-        request has asked for it since this one took it: the bytes that arrived are kept, and
-        the newer request (typically the same client, resuming after an outage its old
-        connection never noticed) continues from there instead of waiting out the body timeout.
-        A body that stalls while nobody else wants the session waits the full body timeout."""
+        request has asked for it since this one took it (``session`` was read then, with the
+        count of such requests so far; a count, so nodes' clocks need not agree): the bytes
+        that arrived are kept, and the newer request (typically the same client, resuming after
+        an outage its old connection never noticed) continues from there instead of waiting out
+        the body timeout. A body that stalls while nobody else wants it waits the full timeout."""
         if self._clock() - last_data < self.policy.takeover_after_seconds:
             return
-        if await self.meta.takeover_requested(session.id, holding_since):
+        if await self.meta.takeover_requests(session.id) > session.takeover_requests:
             raise SessionError(
                 errors.BODY_TIMEOUT, session, "the body stalled and a newer request took the session over"
             )

@@ -1,4 +1,4 @@
-"""upload takeover requests
+"""upload takeover requests (a count per session)
 
 Revision ID: 0004
 Revises: 0003
@@ -18,9 +18,11 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("uploads", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("takeover_requested_at", sa.Float(), nullable=True))
+        batch_op.add_column(
+            sa.Column("takeover_requests", sa.Integer(), nullable=False, server_default="0")
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("uploads", schema=None) as batch_op:
-        batch_op.drop_column("takeover_requested_at")
+        batch_op.drop_column("takeover_requests")
