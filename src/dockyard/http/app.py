@@ -14,6 +14,7 @@ from dockyard.gc import collect
 from dockyard.http import auth, blobs, browse, discovery, manifests, uploads
 from dockyard.http.common import BODY_TIMEOUT, REGISTRY, continue_middleware, defer_continue
 from dockyard.http.errors import API_VERSION_HEADER, Handler, error_middleware
+from dockyard.http.metrics import REQUEST_METRICS, RequestMetrics
 from dockyard.registry.pullthrough import PullThroughRegistry
 from dockyard.registry.service import Registry
 from dockyard.wiring import build_registry
@@ -85,10 +86,14 @@ async def _purge_loop(core: Registry, interval: float) -> None:
 
 def create_app(settings: Settings) -> web.Application:
     """A dockyard application for ``settings``; nothing global, so tests can build many."""
-    middlewares = [continue_middleware, error_middleware, auth.auth_middleware]
+    route_names: dict[web.AbstractRoute, str] = {}  # filled below, once every route is added
+    request_metrics = RequestMetrics(route_names)
+    # The metrics middleware is outermost: it sees the status the client gets.
+    middlewares = [request_metrics.middleware, continue_middleware, error_middleware, auth.auth_middleware]
     if settings.ui:
-        middlewares.insert(2, browse.html_errors)  # the pages' errors as pages, auth's included
+        middlewares.insert(3, browse.html_errors)  # the pages' errors as pages, auth's included
     app = web.Application(middlewares=middlewares, client_max_size=settings.manifest_max_bytes)
+    app[REQUEST_METRICS] = request_metrics
     route_access: dict[web.AbstractRoute, str | None] = {}
     for method, path, handler, access in ROUTES:
         route = app.router.add_route(method, path, handler, expect_handler=defer_continue)
@@ -104,6 +109,10 @@ def create_app(settings: Settings) -> web.Application:
     app[REGISTRY] = core
     app[BODY_TIMEOUT] = settings.body_timeout_seconds
     auth.install(app, settings)
+    for route in app.router.routes():
+        # A metrics label: the handler's name, never the path (it holds repository names).
+        prefix = "ui_" if route in browser_routes else ""
+        route_names[route] = prefix + getattr(route.handler, "__name__", "other")
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await core.meta.open()
@@ -121,6 +130,7 @@ def create_app(settings: Settings) -> web.Application:
         await core.blobs.close()
 
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(request_metrics.publish_in_flight)
 
     async def add_version_header(request: web.Request, response: web.StreamResponse) -> None:
         response.headers.update(API_VERSION_HEADER)

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from dockyard.http import auth
 from dockyard.http.common import json_response, next_link, registry, repository
+from dockyard.http.metrics import REQUEST_METRICS
 from dockyard.registry.digests import Digest
 from dockyard.registry.manifests import OCI_INDEX, referrers_index
 
@@ -67,13 +68,13 @@ _METRICS = [
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text format. The figures come from the metadata store, so every worker and
-    every node reports the same registry-wide values."""
+    """Prometheus text format. The registry-wide figures come from the metadata store, so every
+    worker and every node reports the same values; the per-request families are this node's,
+    summed over its workers."""
     stats = await registry(request).meta.statistics()
     lines = []
     for name, kind, help_text, key in _METRICS:
         if key in stats:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {stats[key]:.17g}"]
-    return web.Response(
-        text="\n".join(lines) + "\n", headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
-    )
+    body = "".join(line + "\n" for line in lines).encode() + request.app[REQUEST_METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

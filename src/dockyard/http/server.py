@@ -7,16 +7,20 @@ import contextlib
 import ipaddress
 import logging
 import os
+import shutil
 import signal
 import socket
 import ssl
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from dockyard.config import Settings
+from dockyard.http import metrics
 from dockyard.http.app import create_app
 from dockyard.wiring import build_registry
 
@@ -131,8 +135,21 @@ def serve(settings: Settings) -> None:
             settings.host,
         )
     if settings.workers == 1:
+        metrics.use_this_process_only()
         _run_worker(settings, sock)
         return
+    # Workers record request metrics into files here, so that any one of them can answer a
+    # scrape with the sum over all. This process owns the directory; a new server starts empty.
+    metrics_dir = Path(tempfile.mkdtemp(prefix="dockyard-metrics-"))
+    metrics.use_shared_directory(metrics_dir)
+    try:
+        _supervise(settings, sock)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _supervise(settings: Settings, sock: socket.socket) -> None:
+    """Fork the workers, replace those that die, stop them all on SIGTERM/SIGINT."""
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
 
@@ -170,6 +187,8 @@ def serve(settings: Settings) -> None:
         except InterruptedError:
             continue
         index = children.pop(pid, None)
+        if index is not None:
+            metrics.process_exited(pid)
         if index is not None and not stopping:
             log.warning("worker %d (pid %d) exited with status %d; restarting it", index, pid, status)
             time.sleep(0.2)
