@@ -26,11 +26,21 @@ from tests.support.server import DockyardServer
 pytestmark = pytest.mark.interop
 
 
-def test_skopeo_copies_an_image_through_the_cache_and_again_without_the_upstream(
-    skopeo_cli: Skopeo, start_server: Callable[..., DockyardServer], repo: str, layouts: Path, seed: int
-) -> None:
+@pytest.fixture
+def upstream_and_cache(start_server: Callable[..., DockyardServer]) -> tuple[DockyardServer, DockyardServer]:
+    """A dockyard to pull from, and a pull-through cache of it (two workers)."""
     upstream = start_server(workers=1)
-    proxy = start_server(workers=2, env={"DOCKYARD_PROXY__REMOTE_URL": upstream.url})
+    return upstream, start_server(workers=2, env={"DOCKYARD_PROXY__REMOTE_URL": upstream.url})
+
+
+def test_skopeo_copies_an_image_through_the_cache_and_again_without_the_upstream(
+    skopeo_cli: Skopeo,
+    upstream_and_cache: tuple[DockyardServer, DockyardServer],
+    repo: str,
+    layouts: Path,
+    seed: int,
+) -> None:
+    upstream, proxy = upstream_and_cache
     image = build_image(layouts / "src", layers=3, layer_size=512 * 1024, seed=seed, tag="v1")
     skopeo_cli.copy(f"oci:{layouts / 'src'}:v1", f"docker://{upstream.host}/{repo}:v1")
 
@@ -49,15 +59,14 @@ def test_skopeo_copies_an_image_through_the_cache_and_again_without_the_upstream
 def test_containerd_pulls_one_platform_of_an_index_through_the_cache(
     ctr_cli: Ctr,
     skopeo_cli: Skopeo,
-    start_server: Callable[..., DockyardServer],
+    upstream_and_cache: tuple[DockyardServer, DockyardServer],
     repo: str,
     layouts: Path,
     seed: int,
 ) -> None:
     """containerd's own resolver (HEAD by tag, then GETs by digest) through the cache: it gets the
     upstream's index and the arm64 image, and the cache fetched no other platform's layers."""
-    upstream = start_server(workers=1)
-    proxy = start_server(workers=2, env={"DOCKYARD_PROXY__REMOTE_URL": upstream.url})
+    upstream, proxy = upstream_and_cache
     index = build_index(layouts / "src", seed=seed, tag="multi")
     skopeo_cli.copy(f"oci:{layouts / 'src'}:multi", f"docker://{upstream.host}/{repo}:multi", "--all")
     arm64, amd64 = index.image_for("linux", "arm64"), index.image_for("linux", "amd64")
@@ -77,13 +86,12 @@ def test_containerd_pulls_one_platform_of_an_index_through_the_cache(
 def test_podman_pulls_through_the_cache(
     podman_cli: Podman,
     skopeo_cli: Skopeo,
-    start_server: Callable[..., DockyardServer],
+    upstream_and_cache: tuple[DockyardServer, DockyardServer],
     repo: str,
     layouts: Path,
     seed: int,
 ) -> None:
-    upstream = start_server(workers=1)
-    proxy = start_server(workers=2, env={"DOCKYARD_PROXY__REMOTE_URL": upstream.url})
+    upstream, proxy = upstream_and_cache
     image = build_image(layouts / "src", layers=2, layer_size=256 * 1024, seed=seed, tag="v1")
     skopeo_cli.copy(f"oci:{layouts / 'src'}:v1", f"docker://{upstream.host}/{repo}:v1")
 
