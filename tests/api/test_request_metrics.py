@@ -179,3 +179,22 @@ def test_one_worker_reports_its_requests(start_server: StartServer) -> None:
     assert requests(samples, "GET", "api_version", 200) - requests(before, "GET", "api_version", 200) == 5
     assert requests(samples, "GET", "metrics", 200) - requests(before, "GET", "metrics", 200) == 1
     assert value(samples, "dockyard_http_requests_in_flight") == 1
+
+
+def test_a_worker_file_not_yet_sized_does_not_fail_the_scrape(start_server: StartServer) -> None:
+    """A worker that has just created its metrics file (0 bytes, not yet sized) while another
+    worker answers a scrape: the scrape skips it. (Reading it raised: workers starting together
+    died on it, and a scrape would have been a 500.)"""
+    server = start_server(workers=2)
+    pids = wait_for_workers(server, 2)
+    scrape(server)
+    directories = {
+        path.parent
+        for pid in pids
+        for path in Path(os.environ.get("TMPDIR", "/tmp")).glob(f"dockyard-metrics-*/*_{pid}.db")
+    }
+    assert len(directories) == 1, directories
+    (directories.pop() / "counter_4194301.db").touch()  # a pid no worker has
+    for _ in range(SCRAPES):
+        _, samples = scrape(server)
+        assert requests(samples, "GET", "metrics", 200) >= 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import os
 import shutil
 import sys
@@ -17,7 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -58,6 +59,23 @@ def process_exited(pid: int) -> None:
     multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
+def _collect_from_workers(registry: CollectorRegistry, path: str) -> None:
+    """Register prometheus_client's multiprocess collector, minus the files a starting worker has
+    created but not yet sized: reading one of those (0 bytes) raised, and failed the scrape."""
+    from prometheus_client import multiprocess
+
+    class WorkersCollector(multiprocess.MultiProcessCollector):
+        def collect(self) -> Any:
+            files = []
+            for name in glob.glob(os.path.join(path, "*.db")):
+                with contextlib.suppress(OSError):  # gone meanwhile: a dead worker's gauge file
+                    if os.path.getsize(name) >= 8:  # the header: how much of the file is used
+                        files.append(name)
+            return self.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+
+    WorkersCollector(registry, path=path)  # type: ignore[no-untyped-call]
+
+
 @dataclass(slots=True)
 class _Series:
     """The label-bound children of one (method, route, status): ``.labels()`` once, not per request."""
@@ -72,17 +90,19 @@ class RequestMetrics:
     """The per-request families of one app, and the text of all of them for a scrape."""
 
     def __init__(self, route_names: dict[web.AbstractRoute, str]) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self._route_names = route_names
         self._series: dict[tuple[str, str, int], _Series] = {}
         self._active = 0  # requests this process is handling now
         directory = os.environ.get(MULTIPROCESS_ENV[0]) or os.environ.get(MULTIPROCESS_ENV[1])
-        self.registry: CollectorRegistry = CollectorRegistry(auto_describe=True)
+        # Not auto_describe: registering the shared collector would read every worker's files
+        # then, while other workers may be creating theirs.
+        self.registry: CollectorRegistry = CollectorRegistry(auto_describe=False)
         self._shared = bool(directory)
         if directory:
             # Values go to this process's files; a scrape reads every worker's files.
-            multiprocess.MultiProcessCollector(self.registry, path=directory)  # type: ignore[no-untyped-call]
+            _collect_from_workers(self.registry, directory)
             own = None
         else:
             own = self.registry
