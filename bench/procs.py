@@ -281,46 +281,27 @@ def hey(url: str, *, connections: int, duration: float, method: str = "GET") -> 
     return WrkResult(rps, float(p99.group(1)) * 1e3 if p99 else None, total, "; ".join(problems) or None)
 
 
-def curl_speed(url: str) -> tuple[float, int]:
-    """One GET into /dev/null: (bytes/s, bytes)."""
+def _curl(url: str, measure: str, timeout: float) -> tuple[float, int]:
+    """One GET into /dev/null: (curl's ``measure`` variable, bytes)."""
+    write_out = f"%{{{measure}}} %{{size_download}}"
     out = subprocess.run(
-        [
-            find_tool("curl") or "curl",
-            "-sS",
-            "--fail",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{speed_download} %{size_download}",
-            url,
-        ],
+        [find_tool("curl") or "curl", "-sS", "--fail", "-o", "/dev/null", "-w", write_out, url],
         capture_output=True,
         text=True,
         check=True,
-        timeout=600,
+        timeout=timeout,
     ).stdout.split()
     return float(out[0]), int(out[1])
+
+
+def curl_speed(url: str) -> tuple[float, int]:
+    """One GET into /dev/null: (bytes/s, bytes)."""
+    return _curl(url, "speed_download", 600)
 
 
 def curl_time(url: str) -> tuple[float, int]:
     """One GET into /dev/null: (seconds, bytes)."""
-    out = subprocess.run(
-        [
-            find_tool("curl") or "curl",
-            "-sS",
-            "--fail",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{time_total} %{size_download}",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=1200,
-    ).stdout.split()
-    return float(out[0]), int(out[1])
+    return _curl(url, "time_total", 1200)
 
 
 # -- RSS sampling -------------------------------------------------------------------------------------

@@ -84,6 +84,25 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+def _upload_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """How blobs are sent, for the commands that push (push, copy)."""
+    decorators = [
+        click.option(
+            "--chunk-size", type=SIZE, default=DEFAULT_CHUNK_SIZE, help="bytes per PATCH [default: 16MiB]"
+        ),
+        click.option(
+            "--single-post-max",
+            type=SIZE,
+            default=DEFAULT_SINGLE_POST_MAX,
+            help="blobs up to this go in one POST [1MiB]",
+        ),
+        click.option("--jobs", type=int, default=3, show_default=True, help="blobs in flight at once"),
+    ]
+    for decorator in reversed(decorators):
+        f = decorator(f)
+    return f
+
+
 def _client_options(kwargs: dict[str, Any]) -> ClientOptions:
     password = kwargs.pop("password")
     if kwargs.pop("password_stdin"):
@@ -127,14 +146,7 @@ def _emit(as_json: bool, data: dict[str, Any], text: str) -> None:
 @click.command()
 @click.argument("layout")
 @click.argument("destination")
-@click.option("--chunk-size", type=SIZE, default=DEFAULT_CHUNK_SIZE, help="bytes per PATCH [default: 16MiB]")
-@click.option(
-    "--single-post-max",
-    type=SIZE,
-    default=DEFAULT_SINGLE_POST_MAX,
-    help="blobs up to this go in one POST [1MiB]",
-)
-@click.option("--jobs", type=int, default=3, show_default=True, help="blobs in flight at once")
+@_upload_options
 @click.option("--no-resume", is_flag=True, help=f"do not read or keep {STATE_FILE}")
 @_options
 def push(
@@ -263,14 +275,7 @@ def _default_copy_state() -> Path:
 @click.option("--src-username", envvar="DOCKYARD_SRC_USERNAME", help="source user, if not --username")
 @click.option("--src-password", envvar="DOCKYARD_SRC_PASSWORD", help="source password")
 @click.option("--referrers/--no-referrers", default=True, show_default=True, help="copy the referrers too")
-@click.option("--chunk-size", type=SIZE, default=DEFAULT_CHUNK_SIZE, help="bytes per PATCH [default: 16MiB]")
-@click.option(
-    "--single-post-max",
-    type=SIZE,
-    default=DEFAULT_SINGLE_POST_MAX,
-    help="blobs up to this go in one POST [1MiB]",
-)
-@click.option("--jobs", type=int, default=3, show_default=True, help="blobs in flight at once")
+@_upload_options
 @click.option(
     "--state",
     "state_file",

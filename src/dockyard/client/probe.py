@@ -73,6 +73,15 @@ class ProbeReport:
         return json.dumps(self.as_dict(), indent=2)
 
 
+def _chunk_headers(start: int, length: int) -> dict[str, str]:
+    """A chunk's headers as a client sends them, for the raw-socket scenarios."""
+    return {
+        "Content-Type": "application/octet-stream",
+        "Content-Range": f"{start}-{start + length - 1}",
+        "Content-Length": str(length),
+    }
+
+
 def _show(value: Any) -> str:
     if value is True:
         return "yes"
@@ -280,11 +289,7 @@ class Prober:
         await self.raw(
             "PATCH",
             latest,
-            {
-                "Content-Type": "application/octet-stream",
-                "Content-Range": f"{position}-{position + chunk - 1}",
-                "Content-Length": str(chunk),
-            },
+            _chunk_headers(position, chunk),
             piece,
             read=False,
         )
@@ -302,11 +307,7 @@ class Prober:
         await self.raw(
             "PATCH",
             latest,
-            {
-                "Content-Type": "application/octet-stream",
-                "Content-Range": f"{position}-{position + chunk - 1}",
-                "Content-Length": str(chunk),
-            },
+            _chunk_headers(position, chunk),
             data[position : position + half],
             read=False,
         )

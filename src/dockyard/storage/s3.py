@@ -559,30 +559,29 @@ class S3BlobStore:
                 )
         elif staging.sealed:
             await self._unseal(session, staging)
-        number = len(staging.parts) + 1
-        with _errors(f"UploadPart {number}"):
+
+        async def upload_part() -> tuple[int, Any]:
+            number = len(staging.parts) + 1
+            assert staging.upload is not None  # opened above (or reopened by _unseal)
+            part = await s3.upload_part(
+                Bucket=self.bucket,
+                Key=self._data_key(session.id),
+                UploadId=staging.upload,
+                PartNumber=number,
+                Body=body,
+            )
+            return number, part
+
+        with _errors(f"UploadPart {len(staging.parts) + 1}"):
             try:
-                result = await s3.upload_part(
-                    Bucket=self.bucket,
-                    Key=self._data_key(session.id),
-                    UploadId=staging.upload,
-                    PartNumber=number,
-                    Body=body,
-                )
+                number, result = await upload_part()
             except ClientError as exc:
                 if not _not_found(exc):
                     raise
                 # The upload was completed by a commit that did not finish: reopen it.
                 await self._seal(session, staging)
                 await self._unseal(session, staging)
-                number = len(staging.parts) + 1
-                result = await s3.upload_part(
-                    Bucket=self.bucket,
-                    Key=self._data_key(session.id),
-                    UploadId=staging.upload,
-                    PartNumber=number,
-                    Body=body,
-                )
+                number, result = await upload_part()
         staging.parts.append([number, result["ETag"], len(body)])
 
     async def _write_tail(self, session: UploadSession, staging: _Staging, data: bytes) -> None:
