@@ -213,6 +213,21 @@ class _SqliteHotReads:
         self._conn = self._writer = None
 
 
+def _switch_to_wal(cursor: Any, patience: float = 60.0) -> None:
+    """``PRAGMA journal_mode=WAL`` on a new database file. Connections opening it together (the
+    workers or nodes of a first start) can get "database is locked" here at once: SQLite does
+    not always call the busy handler for a journal-mode change. So the wait is ours."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _session(row: Row[Any] | sqlite3.Row) -> UploadSession:
     m: Any = row._mapping if isinstance(row, Row) else row
     return UploadSession(
@@ -295,7 +310,7 @@ class SqlMetadataStore:
             dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA busy_timeout=60000")  # first: the WAL switch below may have to wait
-            cur.execute("PRAGMA journal_mode=WAL")
+            _switch_to_wal(cur)
             cur.execute("PRAGMA synchronous=FULL")
             cur.close()
 
