@@ -204,7 +204,7 @@ async def test_a_lock_dies_with_the_process_that_held_it(metadata: MetadataHarne
             assert not held
         holder.send_signal(signal.SIGKILL)  # kill -9: no unlock, no goodbye to the server
         await holder.wait()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while True:  # the server notices the closed connection at once; allow it a moment
             async with meta.lock_upload("u-crash") as held, meta.try_lock("collector") as named:
                 if held and named:
