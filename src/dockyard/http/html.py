@@ -60,6 +60,7 @@ form.search{display:flex;gap:.5em;margin:.5em 0;max-width:36em}
 form.search input{flex:1;font:inherit;padding:.3em .5em}
 form.search button{font:inherit;padding:.3em .8em}
 .totals{font-size:1.05em}
+td a.digest,td time{white-space:nowrap}
 @media (max-width:40em){main{padding:.6em}dl{grid-template-columns:1fr}dt{margin-top:.4em}
 th,td{padding:.3em}input.copy{min-width:12em}}
 """
