@@ -59,6 +59,7 @@ BROWSE_ROUTES: list[tuple[str, str, Handler, str | None]] = [
     ("GET", "/ui/", browse.list_repositories, "catalog"),
     ("GET", f"/ui/r/{NAME}/manifests/{{reference}}", browse.show_manifest, "pull"),
     ("GET", f"/ui/r/{NAME}", browse.show_repository, "pull"),
+    ("GET", "/ui/operations", browse.operations, "admin"),
     ("GET", "/ui/{rest:.*}", browse.not_found, "public"),
 ]
 

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from dockyard.clock import wall_clock
 from dockyard.metadata import schema as s
+from dockyard.metadata.browsing import BrowsingQueries
 from dockyard.metadata.pglocks import MIGRATIONS_KEY, XACT_LOCK, AdvisoryLocks
 from dockyard.registry import errors
 from dockyard.registry.digests import Digest
@@ -244,7 +245,7 @@ def _session(row: Row[Any] | sqlite3.Row) -> UploadSession:
     )
 
 
-class SqlMetadataStore:
+class SqlMetadataStore(BrowsingQueries):
     """Metadata in SQL. SQLite runs write transactions as ``BEGIN IMMEDIATE`` (WAL mode), so
     concurrent workers queue for the write lock instead of failing on upgrade."""
 
