@@ -9,8 +9,9 @@ there loses nothing acknowledged and leaves nothing half-written.
 fail the way the part underneath fails there: a storage point raises ``OSError(EIO)`` (as a
 failing disk or object store does; ``=enospc`` after the name: a full disk), a database point
 raises ``DependencyUnavailable`` (as the metadata adapter does when the database is away). A
-``*N`` suffix fails only the first N passes (per process), so a test can check that the
-registry recovers. Tests prove that no such failure is ever answered with a 2xx and that nothing
+``*N`` suffix fails only N passes (per process), so a test can check that the registry
+recovers; ``>K`` lets the first K passes through (``manifest.record>1*1``: the second manifest
+push fails, say a tag move). Tests prove that no such failure is ever answered with a 2xx and that nothing
 half-written becomes visible. The points (where they sit: what fails there):
 
 - ``upload.create`` (POST opening a session: the session's row)
@@ -30,24 +31,38 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
+from dataclasses import dataclass
 
 from dockyard.registry.errors import DependencyUnavailable
 
 ACTIVE: frozenset[str] = frozenset(p for p in os.environ.get("DOCKYARD_FAILPOINTS", "").split(",") if p)
 
 
-def _parse_raise(spec: str) -> dict[str, list[int | str]]:
-    """``name[=enospc][*N]`` entries → {name: [passes left (-1: always), errno name]}."""
-    points: dict[str, list[int | str]] = {}
+@dataclass
+class _Point:
+    kind: str  # "eio" or "enospc" (storage points)
+    skip: int  # passes that go through before the first failure
+    count: int  # failures left (-1: every pass)
+
+
+_SPEC = re.compile(r"([\w.]+)(?:=(eio|enospc))?(?:>(\d+))?(?:\*(\d+))?")
+
+
+def _parse_raise(spec: str) -> dict[str, _Point]:
+    """``name[=enospc][>K][*N]``, comma-separated: fail after K passes, N times (else always)."""
+    points: dict[str, _Point] = {}
     for entry in filter(None, (e.strip() for e in spec.split(","))):
-        entry, _, count = entry.partition("*")
-        name, _, kind = entry.partition("=")
-        points[name] = [int(count) if count else -1, kind or "eio"]
+        match = _SPEC.fullmatch(entry)
+        if match is None:
+            raise ValueError(f"DOCKYARD_FAILPOINTS_RAISE: cannot read {entry!r}")
+        name, kind, skip, count = match.groups()
+        points[name] = _Point(kind or "eio", int(skip or 0), int(count) if count else -1)
     return points
 
 
-RAISING: dict[str, list[int | str]] = _parse_raise(os.environ.get("DOCKYARD_FAILPOINTS_RAISE", ""))
+RAISING: dict[str, _Point] = _parse_raise(os.environ.get("DOCKYARD_FAILPOINTS_RAISE", ""))
 
 
 def crash_point(name: str) -> None:
@@ -58,11 +73,14 @@ def crash_point(name: str) -> None:
 def _armed(name: str) -> str | None:
     """The failure kind if ``name`` fails this pass (counting the pass), else None."""
     point = RAISING.get(name)
-    if point is None or point[0] == 0:
+    if point is None or point.count == 0:
         return None
-    if isinstance(point[0], int) and point[0] > 0:
-        point[0] -= 1
-    return str(point[1])
+    if point.skip > 0:
+        point.skip -= 1
+        return None
+    if point.count > 0:
+        point.count -= 1
+    return point.kind
 
 
 def storage_fault_point(name: str) -> None:
