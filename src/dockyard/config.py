@@ -185,10 +185,12 @@ class Settings(BaseSettings):
         True, description="migrate the schema at start; off: refuse to start on an old schema"
     )
     database_connect_timeout_seconds: float = Field(
-        5.0, gt=0, description="PostgreSQL: opening a connection (or waiting for a pooled one) longer fails"
+        5.0, gt=0, description="PostgreSQL: opening a connection that takes longer than this fails"
     )
     database_statement_timeout_seconds: float = Field(
-        30.0, gt=0, description="PostgreSQL: a statement that takes longer than this fails"
+        30.0,
+        gt=0,
+        description="PostgreSQL: a statement (or a wait for a pooled connection) longer than this fails",
     )
     storage: Literal["filesystem", "s3"] = Field("filesystem", description="where blobs live")
     s3: S3Settings = Field(default_factory=S3Settings)

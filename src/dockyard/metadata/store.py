@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Row, and_, bindparam, delete, event, func, se
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from dockyard.metadata import schema as s
 from dockyard.metadata.faults import DISK_FULL, GuardedEngine, database_faults
@@ -302,7 +303,7 @@ class SqlMetadataStore:
                 pool_size=10,
                 max_overflow=20,
                 pool_recycle=1800,
-                pool_timeout=self._connect_timeout,
+                pool_timeout=self._statement_timeout,  # a pooled connection frees within a statement's time
                 connect_args={"timeout": self._connect_timeout, "command_timeout": self._statement_timeout},
             )
             self._read = self._write = GuardedEngine(engine)
@@ -310,11 +311,21 @@ class SqlMetadataStore:
 
     async def upgrade(self) -> None:
         """Migrate the schema to the newest revision. On PostgreSQL under an advisory lock held
-        for the transaction, so nodes starting together migrate once, one after the other."""
-        async with self._begin() as conn:
-            if not self._is_sqlite:
+        for the transaction, so nodes starting together migrate once, one after the other.
+        Without the statement timeout: a migration, or waiting for another node's, may take long."""
+        if self._is_sqlite:
+            async with self._begin() as conn:
+                await conn.run_sync(upgrade_schema)
+            return
+        engine = GuardedEngine(
+            create_async_engine(self.url, poolclass=NullPool, connect_args={"timeout": self._connect_timeout})
+        )
+        try:
+            async with engine.begin() as conn:
                 await conn.execute(XACT_LOCK, {"key": MIGRATIONS_KEY})
-            await conn.run_sync(upgrade_schema)
+                await conn.run_sync(upgrade_schema)
+        finally:
+            await engine.dispose()
 
     async def revisions(self) -> tuple[str | None, str | None]:
         """(the database's schema revision, the newest revision this version knows)."""
