@@ -63,12 +63,15 @@ async def stream_response(
             async for data in pieces:
                 await response.write(data)
     except Exception as exc:
-        log.warning(
-            "%s %s: the body failed after %d bytes (%s); cutting the connection",
+        gone = request.transport is None or request.transport.is_closing()
+        log.log(
+            logging.INFO if gone else logging.WARNING,
+            "%s %s: the body stopped after %d bytes (%r); %s",
             request.method,
             request.path,
             response.body_length,
             exc,
+            "the client went away" if gone else "cutting the connection",
         )
         if request.transport is not None:
             request.transport.abort()

@@ -123,7 +123,7 @@ def _storage_error(exc: OSError) -> BaseException:
     503; anything else stays what it is (a bug, or an adapter's own error)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return errors.RegistryError(errors.INSUFFICIENT_STORAGE)
-    if exc.errno in _FAILING_DISK or isinstance(exc, ConnectionError):
+    if exc.errno in _FAILING_DISK:  # (a client hanging up mid-body has no errno: it passes)
         return errors.DependencyUnavailable("storage", str(exc))
     return exc
 
