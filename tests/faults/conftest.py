@@ -25,12 +25,12 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def faulty(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Start]:
-    """``faulty(points, backend="filesystem")``: a one-worker server whose named fault points
-    fail (on ``s3``: over SeaweedFS and PostgreSQL, the node streaming blobs itself)."""
+    """``faulty(points, backend="filesystem", env=None)``: a one-worker server whose named fault
+    points fail (on ``s3``: over SeaweedFS and PostgreSQL, the node streaming blobs itself)."""
     servers: list[DockyardServer] = []
 
-    def start(points: str, backend: str = "filesystem") -> DockyardServer:
-        env = {"DOCKYARD_FAILPOINTS_RAISE": points}
+    def start(points: str, backend: str = "filesystem", env: dict[str, str] | None = None) -> DockyardServer:
+        env = {**(env or {}), "DOCKYARD_FAILPOINTS_RAISE": points}
         if backend == "s3":
             shared: SharedBackends = request.getfixturevalue("shared_backends")
             env.update(shared.server_env(redirect=False))
