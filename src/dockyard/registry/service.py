@@ -178,8 +178,10 @@ class Registry:
             redirect=await self.blobs.redirect_url(digest) if want_redirect else None,
         )
 
-    def read_blob(self, digest: Digest, offset: int, length: int) -> Body:
-        return self.blobs.read(digest, offset, length)
+    async def read_blob(self, digest: Digest, offset: int, length: int) -> Body:
+        with _storage_errors():  # a failing disk: 503 before the response starts, a cut after
+            async for data in self.blobs.read(digest, offset, length):
+                yield data
 
     async def delete_blob(self, repository: str, digest: Digest) -> None:
         self._check_delete_enabled()
@@ -196,7 +198,8 @@ class Registry:
         record = await self.manifest_record(repository, reference)
         data = self._manifests.get(record.digest)
         if data is None:
-            data = await self.blobs.read_all(record.digest)
+            with _storage_errors():
+                data = await self.blobs.read_all(record.digest)
             self._manifests.put(record.digest, data)
         return record, data
 
