@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import re
 import time
@@ -510,7 +511,10 @@ class Registry:
         try:
             return await self.commit_upload(repository, session.id, str(digest), None, length, body, owner)
         except BaseException:
-            await self._discard(session)
+            # The part underneath that failed the upload may fail this too (and would take its
+            # retries again): the session is then purged once stale. The client hears of the first.
+            with contextlib.suppress(Exception):
+                await self._discard(session)
             raise
 
     async def cancel_upload(self, repository: str, upload_id: str, owner: str | None = None) -> None:
