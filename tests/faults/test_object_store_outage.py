@@ -22,6 +22,7 @@ from tests.faults.support import assert_unavailable, kill_seaweedfs, restart_sea
 from tests.support.api_helpers import digest_of, open_session, push_blob, session_offset
 from tests.support.server import DockyardServer
 from tests.support.services import PostgresServer, SeaweedFS, SharedBackends, unavailable, weed_binary
+from tests.support.staging import session_writer_active
 
 MiB = 1 << 20
 
@@ -94,7 +95,8 @@ def test_the_store_killed_mid_chunked_upload(
                     return None  # the node answered and closed before the body ended
 
         mid_body = pool.submit(mid_body_patch)
-        wait_for(lambda: _receiving(client, streamed), "the PATCH under way", 60)
+        upload_id = streamed.rsplit("/", 1)[1]
+        wait_for(lambda: session_writer_active(node, upload_id), "the PATCH under way", 60)
         kill_seaweedfs(store)
         gate.set()
 
@@ -129,11 +131,6 @@ def test_the_store_killed_mid_chunked_upload(
         assert r.status_code == 201, r.text
 
         assert client.get(f"/v2/{repo}/blobs/{kept_digest}").content == kept
-
-
-def _receiving(client: httpx.Client, location: str) -> bool:
-    """Whether a PATCH holds the session (a second one is refused as busy: 416)."""
-    return client.patch(location, content=b"").status_code == 416
 
 
 def test_the_store_killed_mid_download(
