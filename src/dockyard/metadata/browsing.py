@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import Select, func, select, union_all
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dockyard.metadata import schema as s
+from dockyard.metadata.faults import GuardedEngine
 from dockyard.registry.digests import Digest
 from dockyard.registry.ports import GcRun, RepositorySummary, TagSummary, UploadSession
 
@@ -25,7 +25,7 @@ def _last_pushes() -> Select[tuple[str, float]]:
 class BrowsingQueries:
     """Read-only queries for people browsing; the store provides ``_read``."""
 
-    _read: AsyncEngine
+    _read: GuardedEngine
 
     async def repository_names(
         self,
