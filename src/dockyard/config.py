@@ -188,6 +188,12 @@ class Settings(BaseSettings):
     takeover_after_seconds: float = Field(
         5.0, gt=0, description="a body stalled this long yields its upload session to a newer request"
     )
+    startup_wait_seconds: float = Field(
+        60.0, ge=0, description="at start, wait this long for the database and the bucket to answer"
+    )
+    shutdown_grace_seconds: float = Field(
+        30.0, ge=0, description="on SIGTERM, requests in flight get this long to finish"
+    )
     max_header_bytes: int = Field(8190, ge=1024, description="longest request line or header field")
     max_headers: int = Field(128, ge=16, description="most header fields in one request")
     tls_cert: Path | None = Field(None, description="serve HTTPS with this certificate (PEM, with chain)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -17,8 +18,20 @@ from dockyard.registry.ports import UploadSession
 from dockyard.registry.service import Registry
 from dockyard.registry.uploads import range_header
 
+
+@dataclass
+class Drain:
+    """This worker's shutdown (docs/operations.md "Graceful shutdown"): ``draining`` from
+    SIGTERM on (readiness answers 503); ``cut`` once the grace period is over: request bodies
+    still arriving end there with 503, their upload sessions keeping the bytes that arrived."""
+
+    draining: bool = False
+    cut: bool = False
+
+
 REGISTRY = web.AppKey("registry", Registry)
 BODY_TIMEOUT = web.AppKey("body_timeout", float)
+DRAIN = web.AppKey("drain", Drain)
 HEARTBEAT_SECONDS = 1.0  # while a body stalls, body_stream yields b"" this often
 _CONTINUE_PENDING = "dockyard.continue_pending"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -70,10 +83,13 @@ async def body_stream(request: web.Request) -> AsyncIterator[bytes]:
     HEARTBEAT_SECONDS, so that the reader can decide to give up sooner.
     """
     timeout = request.app[BODY_TIMEOUT]
+    drain = request.app[DRAIN]
     loop = asyncio.get_running_loop()
     await _send_continue(request)
     last_data = loop.time()
     while True:
+        if drain.cut:  # the node stops: what arrived is kept, the client continues elsewhere
+            raise errors.RegistryError(errors.SHUTTING_DOWN, headers={"Retry-After": "1"})
         try:
             async with asyncio.timeout(min(HEARTBEAT_SECONDS, timeout)):
                 data = await request.content.readany()

@@ -22,9 +22,13 @@ from aiohttp.http_exceptions import HttpProcessingError
 from dockyard.config import Settings
 from dockyard.http import metrics
 from dockyard.http.app import create_app
-from dockyard.wiring import build_registry
+from dockyard.http.common import DRAIN
+from dockyard.startup import StartupError, wait_for_dependencies
 
 log = logging.getLogger("dockyard")
+
+CUT_SECONDS = 5.0  # after the grace period: for cut uploads to record where they stopped
+KILL_AFTER_SECONDS = 10.0  # the supervisor kills a worker still running this long after that
 
 
 class _MalformedRequests(logging.Filter):
@@ -46,19 +50,17 @@ class _MalformedRequests(logging.Filter):
         return True
 
 
-async def _prepare_metadata(settings: Settings) -> None:
-    """Create or migrate the schema once, in the parent, before workers race to open it."""
-    core = build_registry(settings)
-    await core.meta.open()
-    await core.meta.close()
-
-
 def bind_socket(settings: Settings) -> socket.socket:
+    """The address, taken (a port in use fails here, at once) but not yet listening: until the
+    start-up checks pass, a connection is refused rather than left waiting."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.port))
-    sock.listen(1024)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {settings.listen}: {exc.strerror or exc}") from exc
     sock.setblocking(False)
     return sock
 
@@ -88,6 +90,7 @@ def is_loopback(host: str) -> bool:
 async def _serve(settings: Settings, sock: socket.socket) -> None:
     logging.getLogger("aiohttp.server").addFilter(_MalformedRequests())
     app = create_app(settings)
+    grace = settings.shutdown_grace_seconds
     runner = web.AppRunner(
         app,
         access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
@@ -96,6 +99,8 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
         max_line_size=settings.max_header_bytes,
         max_field_size=settings.max_header_bytes,
         max_headers=settings.max_headers,
+        # what is still running CUT_SECONDS after the grace period is cancelled
+        shutdown_timeout=grace + CUT_SECONDS,
     )
     await runner.setup()
     site = web.SockSite(runner, sock, ssl_context=tls_context(settings))
@@ -107,7 +112,27 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
     try:
         await stop.wait()
     finally:
+        await _drain(app, runner, grace)
+
+
+async def _drain(app: web.Application, runner: web.AppRunner, grace: float) -> None:
+    """Graceful shutdown: readiness turns false, this worker stops accepting (its copy of the
+    listening socket closes), idle keep-alive connections close, requests in flight get
+    ``grace`` seconds; then request bodies still arriving are cut (their upload sessions keep
+    the bytes that arrived), and whatever still runs CUT_SECONDS later is cancelled."""
+    drain = app[DRAIN]
+    drain.draining = True
+    loop = asyncio.get_running_loop()
+
+    def cut() -> None:
+        drain.cut = True
+        log.info("shutdown: grace period over; cutting request bodies still arriving")
+
+    timer = loop.call_later(grace, cut)
+    try:
         await runner.cleanup()
+    finally:
+        timer.cancel()
 
 
 def _run_worker(settings: Settings, sock: socket.socket) -> None:
@@ -116,9 +141,21 @@ def _run_worker(settings: Settings, sock: socket.socket) -> None:
 
 def serve(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT. Workers that die are replaced; the socket stays open."""
-    tls_context(settings)  # a bad certificate or key fails here, before any worker starts
-    asyncio.run(_prepare_metadata(settings))
+    try:
+        tls_context(settings)  # a bad certificate or key fails here, before any worker starts
+    except FileNotFoundError as exc:
+        raise StartupError(f"tls_cert, tls_key: {exc.filename}: {exc.strerror}") from exc
+    except PermissionError as exc:
+        raise StartupError(f"tls_cert, tls_key: {exc.filename}: {exc.strerror}") from exc
     sock = bind_socket(settings)
+    try:
+        # The stores answer, and the schema is created or migrated once, here, before the
+        # workers race to open it (docs/operations.md "Start-up checks").
+        asyncio.run(wait_for_dependencies(settings))
+        sock.listen(1024)
+    except BaseException:
+        sock.close()
+        raise
     log.info(
         "dockyard listening on %s://%s:%d/ (data: %s, workers: %d, auth: %s)",
         "https" if settings.tls_cert else "http",
@@ -170,10 +207,23 @@ def _supervise(settings: Settings, sock: socket.socket) -> None:
 
     def stop(signum: int, _frame: object) -> None:
         nonlocal stopping
+        if stopping:
+            return
         stopping = True
+        # This process's copy of the listening socket: once the workers close theirs, the
+        # address refuses new connections (a load balancer tries another node at once).
+        sock.close()
+        log.info(
+            "shutting down: requests in flight get %g s (shutdown_grace_seconds)",
+            settings.shutdown_grace_seconds,
+        )
         for pid in list(children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+        signal.signal(signal.SIGALRM, lambda _signum, _frame: _kill_stragglers(children))
+        signal.setitimer(
+            signal.ITIMER_REAL, settings.shutdown_grace_seconds + CUT_SECONDS + KILL_AFTER_SECONDS
+        )
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -193,5 +243,14 @@ def _supervise(settings: Settings, sock: socket.socket) -> None:
             log.warning("worker %d (pid %d) exited with status %d; restarting it", index, pid, status)
             time.sleep(0.2)
             spawn(index)
+    signal.setitimer(signal.ITIMER_REAL, 0)
     sock.close()
     sys.stdout.flush()
+
+
+def _kill_stragglers(children: dict[int, int]) -> None:
+    """Workers that outlived the grace period by far (a handler that ignores cancellation)."""
+    for pid, index in children.items():
+        log.warning("worker %d (pid %d) did not stop in time; killing it", index, pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
