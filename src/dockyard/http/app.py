@@ -148,6 +148,8 @@ def create_app(settings: Settings) -> web.Application:
 
     async def add_version_header(request: web.Request, response: web.StreamResponse) -> None:
         response.headers.update(API_VERSION_HEADER)
+        if app[DRAIN].draining:  # shutting down: no next request on this connection
+            response.force_close()
 
     app.on_response_prepare.append(add_version_header)
     return app

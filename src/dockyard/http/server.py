@@ -28,7 +28,8 @@ from dockyard.startup import StartupError, wait_for_dependencies
 log = logging.getLogger("dockyard")
 
 CUT_SECONDS = 5.0  # after the grace period: for cut uploads to record where they stopped
-KILL_AFTER_SECONDS = 10.0  # the supervisor kills a worker still running this long after that
+KILL_AFTER_SECONDS = 10.0
+DRAIN_POLL_SECONDS = 0.1  # the supervisor kills a worker still running this long after that
 
 
 class _MalformedRequests(logging.Filter):
@@ -99,8 +100,8 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
         max_line_size=settings.max_header_bytes,
         max_field_size=settings.max_header_bytes,
         max_headers=settings.max_headers,
-        # what is still running CUT_SECONDS after the grace period is cancelled
-        shutdown_timeout=grace + CUT_SECONDS,
+        # _drain has waited for the requests in flight: what is left is cancelled soon
+        shutdown_timeout=1.0,
     )
     await runner.setup()
     site = web.SockSite(runner, sock, ssl_context=tls_context(settings))
@@ -112,27 +113,53 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
     try:
         await stop.wait()
     finally:
-        await _drain(app, runner, grace)
+        await _drain(app, runner, site, grace)
 
 
-async def _drain(app: web.Application, runner: web.AppRunner, grace: float) -> None:
+async def _drain(app: web.Application, runner: web.AppRunner, site: web.BaseSite, grace: float) -> None:
     """Graceful shutdown: readiness turns false, this worker stops accepting (its copy of the
     listening socket closes), idle keep-alive connections close, requests in flight get
-    ``grace`` seconds; then request bodies still arriving are cut (their upload sessions keep
-    the bytes that arrived), and whatever still runs CUT_SECONDS later is cancelled."""
+    ``grace`` seconds, their bodies still arriving included; then bodies still arriving are cut
+    (their upload sessions keep the bytes that arrived), and what still runs CUT_SECONDS later
+    is cancelled. (aiohttp's own shutdown stops reading request bodies at once: not used until
+    the requests in flight are done.)"""
     drain = app[DRAIN]
     drain.draining = True
+    await site.stop()
     loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    idle_before: set[object] = set()
+    server = runner.server
+    while server is not None:
+        pending = False
+        idle_now: set[object] = set()
+        for conn in server.connections:
+            if _busy(conn):
+                pending = True
+            elif conn in idle_before:  # idle on two looks running: no request on its way in
+                conn.force_close()
+            else:
+                idle_now.add(conn)
+                pending = True
+        idle_before = idle_now
+        if not pending:
+            break
+        now = loop.time()
+        if now >= deadline:
+            if drain.cut:
+                break
+            drain.cut = True
+            deadline = now + CUT_SECONDS
+            log.info("shutdown: grace period over; cutting request bodies still arriving")
+        await asyncio.sleep(DRAIN_POLL_SECONDS)
+    await runner.cleanup()
 
-    def cut() -> None:
-        drain.cut = True
-        log.info("shutdown: grace period over; cutting request bodies still arriving")
 
-    timer = loop.call_later(grace, cut)
-    try:
-        await runner.cleanup()
-    finally:
-        timer.cancel()
+def _busy(conn: object) -> bool:
+    """Whether the connection is serving a request (reading it, handling it, or sending the
+    answer). aiohttp keeps this in a private flag; without it every connection counts as busy
+    (the drain then waits the grace period out: slower, never wrong)."""
+    return bool(getattr(conn, "_request_in_progress", True))
 
 
 def _run_worker(settings: Settings, sock: socket.socket) -> None:
