@@ -12,14 +12,8 @@ from aiohttp import web
 from dockyard.config import Settings
 from dockyard.gc import collect
 from dockyard.http import auth, blobs, browse, discovery, health, manifests, uploads
-from dockyard.http.common import (
-    BODY_TIMEOUT,
-    DRAIN,
-    REGISTRY,
-    Drain,
-    continue_middleware,
-    defer_continue,
-)
+from dockyard.http.common import BODY_TIMEOUT, REGISTRY, continue_middleware, defer_continue
+from dockyard.http.drain import DRAIN, Drain
 from dockyard.http.errors import API_VERSION_HEADER, Handler, error_middleware
 from dockyard.http.metrics import REQUEST_METRICS, RequestMetrics
 from dockyard.registry.pullthrough import PullThroughRegistry

@@ -5,33 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from aiohttp import HttpVersion11, web
 from aiohttp.typedefs import Handler
 
+from dockyard.http.drain import DRAIN
 from dockyard.registry import errors
 from dockyard.registry.names import parse_name
 from dockyard.registry.ports import UploadSession
 from dockyard.registry.service import Registry
 from dockyard.registry.uploads import range_header
 
-
-@dataclass
-class Drain:
-    """This worker's shutdown (docs/operations.md "Graceful shutdown"): ``draining`` from
-    SIGTERM on (readiness answers 503); ``cut`` once the grace period is over: request bodies
-    still arriving end there with 503, their upload sessions keeping the bytes that arrived."""
-
-    draining: bool = False
-    cut: bool = False
-
-
 REGISTRY = web.AppKey("registry", Registry)
 BODY_TIMEOUT = web.AppKey("body_timeout", float)
-DRAIN = web.AppKey("drain", Drain)
 HEARTBEAT_SECONDS = 1.0  # while a body stalls, body_stream yields b"" this often
 _CONTINUE_PENDING = "dockyard.continue_pending"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"

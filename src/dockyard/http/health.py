@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from dockyard.http.common import DRAIN, REGISTRY, json_response
+from dockyard.http.common import REGISTRY, json_response
+from dockyard.http.drain import DRAIN
 from dockyard.registry.ports import DependencyDown
 from dockyard.registry.service import Registry
 

@@ -22,7 +22,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from dockyard.config import Settings
 from dockyard.http import metrics
 from dockyard.http.app import create_app
-from dockyard.http.common import DRAIN
+from dockyard.http.drain import DRAIN
 from dockyard.startup import StartupError, wait_for_dependencies
 
 log = logging.getLogger("dockyard")

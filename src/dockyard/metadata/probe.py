@@ -63,9 +63,20 @@ def classify(url: str, exc: BaseException) -> DependencyDown:
                 "database_url", f"{where}: {_FINAL_SQLSTATES[state]} (SQLSTATE {state})", final=True
             )
         return DependencyDown("database_url", f"{where} is not accepting queries (SQLSTATE {state})")
-    if isinstance(exc, socket.gaierror):
-        return DependencyDown("database_url", f"{where}: host name does not resolve ({exc.strerror})")
-    if isinstance(exc, OSError | TimeoutError):
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+    cause = _transport_cause(exc)
+    if isinstance(cause, socket.gaierror):
+        return DependencyDown("database_url", f"{where}: host name does not resolve ({cause.strerror})")
+    if cause is not None:
+        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else type(cause).__name__
         return DependencyDown("database_url", f"{where} unreachable ({reason})")
     return DependencyDown("database_url", f"{where} failed: {type(exc).__name__}: {str(exc)[:200]}")
+
+
+def _transport_cause(exc: BaseException) -> OSError | TimeoutError | None:
+    """The connection's own failure, under whatever wraps it (the driver's, or ours)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError | TimeoutError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
