@@ -106,3 +106,14 @@ def test_only_an_address_in_use_says_cannot_listen(tmp_path: Path) -> None:
         code, output = serve_once(tmp_path / "data", {}, port)
     assert code != 0
     assert last_line(output) == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+def test_a_database_that_does_not_exist_refuses_to_start_at_once(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    env = {"DOCKYARD_DATABASE_URL": postgres.url("no_such_database"), "DOCKYARD_STARTUP_WAIT_SECONDS": "3600"}
+    code, output = serve_once(tmp_path / "data", env, free_port(), timeout=300)  # not the hour
+    assert code != 0
+    line = last_line(output)
+    assert line.startswith(f"Error: database_url: PostgreSQL at 127.0.0.1:{postgres.port}"), output
+    assert "the database does not exist (SQLSTATE 3D000)" in line
