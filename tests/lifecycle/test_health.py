@@ -9,10 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.auth.support import start_auth_server
+from tests.auth.support import Pki, start_auth_server
 from tests.lifecycle.support import pg_halt, pg_resume, wait_for
 from tests.support.api_helpers import api_client, push_blob
-from tests.support.server import DockyardServer
+from tests.support.server import DockyardServer, free_port
 from tests.support.services import PostgresServer
 
 
@@ -76,3 +76,20 @@ def test_ready_says_which_part_is_down_and_recovers(tmp_path: Path, own_postgres
         node.stop()
     log = node.log()
     assert "readiness: the database is unavailable" in log and "readiness: the database answers again" in log
+
+
+def test_health_listen_serves_the_probes_alone_over_plain_http_for_mtls(tmp_path: Path) -> None:
+    """In mtls mode the handshake asks every client for a certificate, probes included: a
+    kubelet has none. ``health_listen`` answers them on an address of their own."""
+    pki = Pki.create(tmp_path / "pki")
+    probes = f"127.0.0.1:{free_port()}"
+    node = start_auth_server(tmp_path / "data", "mtls", pki=pki, settings={"health_listen": probes})
+    try:
+        with httpx.Client(base_url=f"http://{probes}", timeout=30) as kubelet:  # no TLS, no certificate
+            ready = kubelet.get("/health/ready")
+            assert ready.status_code == 200 and ready.json()["status"] == "ready"
+            assert kubelet.head("/health/live").status_code == 200
+            assert kubelet.get("/v2/").status_code == 404  # the probes, and nothing else
+            assert kubelet.get("/v2/_catalog").status_code == 404
+    finally:
+        node.stop()

@@ -7,7 +7,11 @@ pullable and intact afterwards."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import random
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -178,6 +182,15 @@ def test_a_rolling_restart_under_load_fails_no_client_operation_and_loses_no_pus
                 await _pull_and_compare(registry, direct, tmp_path / f"verify-{i}")
 
     asyncio.run(verify())
+    fsck = subprocess.run(
+        [sys.executable, "-m", "dockyard", "fsck", "--json", "--data-dir", str(cluster[0].data_dir)],
+        env={**os.environ, **cluster[0].env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert fsck.returncode == 0 and json.loads(fsck.stdout)["clean"], fsck.stdout + fsck.stderr
     retried = [a for a in answers if "," in a[2]]  # nginx tried another node
     failed = [a for a in answers if a[0] >= 500]
     print(

@@ -8,6 +8,8 @@ import os
 import socket
 from collections.abc import Callable
 
+import httpx
+
 from tests.lifecycle.support import exit_code, refuses_connections, sigterm, wait_for
 from tests.support.api_helpers import (
     api_client,
@@ -16,7 +18,7 @@ from tests.support.api_helpers import (
     parse_raw_response,
     session_offset,
 )
-from tests.support.server import DockyardServer
+from tests.support.server import DockyardServer, free_port
 from tests.support.staging import session_writer_active
 
 MiB = 1 << 20
@@ -68,7 +70,8 @@ def _finish(node: DockyardServer, location: str, data: bytes) -> None:
 def test_sigterm_lets_the_upload_in_flight_finish_and_exits_0(
     start_server: Callable[..., DockyardServer],
 ) -> None:
-    node = start_server(workers=2)
+    probes = f"127.0.0.1:{free_port()}"  # readiness stays observable while the node drains
+    node = start_server(workers=2, env={"DOCKYARD_HEALTH_LISTEN": probes})
     data = os.urandom(6 * MiB)
     with api_client(node.url) as client:
         location = open_session(client, "drain/finish")
@@ -81,6 +84,9 @@ def test_sigterm_lets_the_upload_in_flight_finish_and_exits_0(
         wait_for(lambda: session_writer_active(node, upload_id), "the PATCH is being served")
         sigterm(node)
         wait_for(lambda: refuses_connections(node.port), "the listening socket closes")
+        draining = httpx.get(f"http://{probes}/health/ready", timeout=30)
+        assert draining.status_code == 503 and draining.json() == {"status": "unavailable", "draining": True}
+        assert httpx.get(f"http://{probes}/health/live", timeout=30).status_code == 200
         idle.settimeout(1.0)
         wait_for(lambda: _closed_by_peer(idle), "the idle keep-alive connection is closed")
         idle.close()

@@ -93,3 +93,15 @@ async def ready(request: web.Request) -> web.Response:
     if body["status"] == "ready":
         return json_response(body, headers=_NO_STORE)
     return json_response(body, status=503, headers={**_NO_STORE, "Retry-After": "1"})
+
+
+def probe_app(main: web.Application) -> web.Application:
+    """The probes of ``main`` as an app of their own (``health_listen``): the same readiness
+    and drain state, no other route, no access control, no TLS."""
+    app = web.Application()
+    app[DRAIN] = main[DRAIN]
+    app[READINESS] = main[READINESS]
+    for method in ("GET", "HEAD"):
+        app.router.add_route(method, "/health/live", live)
+        app.router.add_route(method, "/health/ready", ready)
+    return app

@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from dockyard.config import Settings
-from dockyard.http import metrics
+from dockyard.http import health, metrics
 from dockyard.http.app import create_app
 from dockyard.http.drain import DRAIN
 from dockyard.startup import StartupError, wait_for_dependencies
@@ -51,17 +51,19 @@ class _MalformedRequests(logging.Filter):
         return True
 
 
-def bind_socket(settings: Settings) -> socket.socket:
-    """The address, taken (a port in use fails here, at once) but not yet listening: until the
-    start-up checks pass, a connection is refused rather than left waiting."""
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+def bind_socket(listen: str) -> socket.socket:
+    """The address (``HOST:PORT``), taken (a port in use fails here, at once) but not yet
+    listening: until the start-up checks pass, a connection is refused rather than left waiting."""
+    host = listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
+    port = int(listen.rpartition(":")[2])
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((settings.host, settings.port))
+        sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise StartupError(f"cannot listen on {settings.listen}: {exc.strerror or exc}") from exc
+        raise StartupError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
     sock.setblocking(False)
     return sock
 
@@ -88,7 +90,7 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-async def _serve(settings: Settings, sock: socket.socket) -> None:
+async def _serve(settings: Settings, sock: socket.socket, health_sock: socket.socket | None = None) -> None:
     logging.getLogger("aiohttp.server").addFilter(_MalformedRequests())
     app = create_app(settings)
     grace = settings.shutdown_grace_seconds
@@ -106,6 +108,11 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
     await runner.setup()
     site = web.SockSite(runner, sock, ssl_context=tls_context(settings))
     await site.start()
+    probes: web.AppRunner | None = None
+    if health_sock is not None:  # health_listen: the probes alone, plain HTTP, answering while draining
+        probes = web.AppRunner(health.probe_app(app), handle_signals=False, access_log=None)
+        await probes.setup()
+        await web.SockSite(probes, health_sock).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -113,7 +120,11 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
     try:
         await stop.wait()
     finally:
-        await _drain(app, runner, site, grace)
+        try:
+            await _drain(app, runner, site, grace)
+        finally:
+            if probes is not None:
+                await probes.cleanup()
 
 
 async def _drain(app: web.Application, runner: web.AppRunner, site: web.BaseSite, grace: float) -> None:
@@ -162,8 +173,8 @@ def _busy(conn: object) -> bool:
     return bool(getattr(conn, "_request_in_progress", True))
 
 
-def _run_worker(settings: Settings, sock: socket.socket) -> None:
-    asyncio.run(_serve(settings, sock))
+def _run_worker(settings: Settings, sock: socket.socket, health_sock: socket.socket | None) -> None:
+    asyncio.run(_serve(settings, sock, health_sock))
 
 
 def serve(settings: Settings) -> None:
@@ -174,15 +185,20 @@ def serve(settings: Settings) -> None:
         raise StartupError(f"tls_cert, tls_key: {exc.filename}: {exc.strerror}") from exc
     except PermissionError as exc:
         raise StartupError(f"tls_cert, tls_key: {exc.filename}: {exc.strerror}") from exc
-    sock = bind_socket(settings)
+    sockets = [bind_socket(settings.listen)]
     try:
+        if settings.health_listen:
+            sockets.append(bind_socket(settings.health_listen))
         # The stores answer, and the schema is created or migrated once, here, before the
         # workers race to open it (docs/operations.md "Start-up checks").
         asyncio.run(wait_for_dependencies(settings))
-        sock.listen(1024)
+        for listening in sockets:
+            listening.listen(1024)
     except BaseException:
-        sock.close()
+        for listening in sockets:
+            listening.close()
         raise
+    sock, health_sock = sockets[0], (sockets[1] if len(sockets) > 1 else None)
     log.info(
         "dockyard listening on %s://%s:%d/ (data: %s, workers: %d, auth: %s)",
         "https" if settings.tls_cert else "http",
@@ -192,6 +208,8 @@ def serve(settings: Settings) -> None:
         settings.workers,
         settings.auth.mode,
     )
+    if settings.health_listen:
+        log.info("health probes on http://%s/health/ready (health_listen)", settings.health_listen)
     if settings.auth.mode == "none" and not is_loopback(settings.host):
         log.warning(
             "listening on %s WITHOUT access control: anyone who can reach it may push and delete "
@@ -200,19 +218,19 @@ def serve(settings: Settings) -> None:
         )
     if settings.workers == 1:
         metrics.use_this_process_only()
-        _run_worker(settings, sock)
+        _run_worker(settings, sock, health_sock)
         return
     # Workers record request metrics into files here, so that any one of them can answer a
     # scrape with the sum over all. This process owns the directory; a new server starts empty.
     metrics_dir = Path(tempfile.mkdtemp(prefix="dockyard-metrics-"))
     metrics.use_shared_directory(metrics_dir)
     try:
-        _supervise(settings, sock)
+        _supervise(settings, sock, health_sock)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _supervise(settings: Settings, sock: socket.socket) -> None:
+def _supervise(settings: Settings, sock: socket.socket, health_sock: socket.socket | None) -> None:
     """Fork the workers, replace those that die, stop them all on SIGTERM/SIGINT."""
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
@@ -224,7 +242,7 @@ def _supervise(settings: Settings, sock: socket.socket) -> None:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 0
             try:
-                _run_worker(settings, sock)
+                _run_worker(settings, sock, health_sock)
             except BaseException:
                 log.exception("worker %d failed", index)
                 code = 1
@@ -237,9 +255,11 @@ def _supervise(settings: Settings, sock: socket.socket) -> None:
         if stopping:
             return
         stopping = True
-        # This process's copy of the listening socket: once the workers close theirs, the
+        # This process's copies of the listening sockets: once the workers close theirs, the
         # address refuses new connections (a load balancer tries another node at once).
         sock.close()
+        if health_sock is not None:
+            health_sock.close()
         log.info(
             "shutting down: requests in flight get %g s (shutdown_grace_seconds)",
             settings.shutdown_grace_seconds,
@@ -272,6 +292,8 @@ def _supervise(settings: Settings, sock: socket.socket) -> None:
             spawn(index)
     signal.setitimer(signal.ITIMER_REAL, 0)
     sock.close()
+    if health_sock is not None:
+        health_sock.close()
     sys.stdout.flush()
 
 
