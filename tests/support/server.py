@@ -68,7 +68,7 @@ class DockyardServer:
         )
         return self.process
 
-    def start(self, timeout: float = 20.0) -> DockyardServer:
+    def start(self, timeout: float = 120.0) -> DockyardServer:
         self.launch()
         assert self.process is not None
         deadline = time.monotonic() + timeout
