@@ -28,8 +28,8 @@ from dockyard.startup import StartupError, wait_for_dependencies
 log = logging.getLogger("dockyard")
 
 CUT_SECONDS = 5.0  # after the grace period: for cut uploads to record where they stopped
-KILL_AFTER_SECONDS = 10.0
-DRAIN_POLL_SECONDS = 0.1  # the supervisor kills a worker still running this long after that
+KILL_AFTER_SECONDS = 10.0  # the supervisor kills a worker still running this long after that
+DRAIN_POLL_SECONDS = 0.1  # how often a draining worker looks at its connections
 
 
 class _MalformedRequests(logging.Filter):
