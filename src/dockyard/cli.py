@@ -48,6 +48,7 @@ def serve(
 ) -> None:
     """Serve the registry (filesystem + SQLite by default: nothing to configure)."""
     from dockyard.http.server import serve as run
+    from dockyard.startup import StartupError
 
     # Merged with the rest of the proxy section from the file and the environment.
     proxy = {"remote_url": proxy_remote_url} if proxy_remote_url else None
@@ -72,8 +73,8 @@ def serve(
         run(settings)
     except ssl.SSLError as exc:
         raise click.ClickException(f"TLS certificate or key unusable: {exc}") from exc
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {settings.listen}: {exc.strerror}") from exc
+    except StartupError as exc:  # one line naming the setting (docs/operations.md)
+        raise click.ClickException(str(exc)) from exc
 
 
 def _settings(config_file: Path | None, data_dir: Path | None) -> Settings:

@@ -208,6 +208,17 @@ class Settings(BaseSettings):
     takeover_after_seconds: float = Field(
         5.0, gt=0, description="a body stalled this long yields its upload session to a newer request"
     )
+    health_listen: str | None = Field(
+        None,
+        description="also serve /health/live and /health/ready on this HOST:PORT, plain HTTP without "
+        "credentials (probes when auth.mode is mtls)",
+    )
+    startup_wait_seconds: float = Field(
+        60.0, ge=0, description="at start, wait this long for the database and the bucket to answer"
+    )
+    shutdown_grace_seconds: float = Field(
+        30.0, ge=0, description="on SIGTERM, requests in flight get this long to finish"
+    )
     max_header_bytes: int = Field(8190, ge=1024, description="longest request line or header field")
     max_headers: int = Field(128, ge=16, description="most header fields in one request")
     tls_cert: Path | None = Field(None, description="serve HTTPS with this certificate (PEM, with chain)")
@@ -222,12 +233,14 @@ class Settings(BaseSettings):
     log_level: str = "info"
     access_log: bool = False
 
-    @field_validator("listen")
+    @field_validator("listen", "health_listen")
     @classmethod
-    def _check_listen(cls, value: str) -> str:
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         _host, sep, port = value.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ValueError("listen must be HOST:PORT")
+            raise ValueError("listen and health_listen must be HOST:PORT")
         return value
 
     @model_validator(mode="after")

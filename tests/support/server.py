@@ -50,7 +50,8 @@ class DockyardServer:
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 120.0) -> DockyardServer:
+    def launch(self) -> subprocess.Popen[bytes]:
+        """Start the process without waiting for it to answer (``start`` waits)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir.parent / f"dockyard-{self.port}.log"
         env = {**os.environ, **self.env}
@@ -65,6 +66,11 @@ class DockyardServer:
         self.process = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
+        return self.process
+
+    def start(self, timeout: float = 120.0) -> DockyardServer:
+        self.launch()
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -11,8 +11,9 @@ from aiohttp import web
 
 from dockyard.config import Settings
 from dockyard.gc import collect
-from dockyard.http import auth, blobs, browse, discovery, manifests, uploads
+from dockyard.http import auth, blobs, browse, discovery, health, manifests, uploads
 from dockyard.http.common import BODY_TIMEOUT, REGISTRY, continue_middleware, defer_continue
+from dockyard.http.drain import DRAIN, Drain
 from dockyard.http.errors import API_VERSION_HEADER, Handler, error_middleware
 from dockyard.http.metrics import REQUEST_METRICS, RequestMetrics
 from dockyard.registry.pullthrough import PullThroughRegistry
@@ -48,6 +49,11 @@ ROUTES: list[tuple[str, str, Handler, str | None]] = [
     # extensions
     ("DELETE", f"/v2/_dockyard/repositories/{NAME}", manifests.delete_repository, "delete"),
     ("GET", "/metrics", discovery.metrics, "metrics"),
+    # probes for load balancers and Kubernetes: no credentials, nothing leaked (docs/operations.md)
+    ("GET", "/health/live", health.live, "public"),
+    ("HEAD", "/health/live", health.live, "public"),
+    ("GET", "/health/ready", health.ready, "public"),
+    ("HEAD", "/health/ready", health.ready, "public"),
 ]
 
 # The pages for people browsing (README "Browsing"), under the API's access rules: the list is
@@ -109,6 +115,8 @@ def create_app(settings: Settings) -> web.Application:
     core = build_registry(settings)
     app[REGISTRY] = core
     app[BODY_TIMEOUT] = settings.body_timeout_seconds
+    app[DRAIN] = Drain()
+    health.install(app)
     auth.install(app, settings)
     for route in app.router.routes():
         # A metrics label: the handler's name, never the path (it holds repository names).
@@ -135,6 +143,8 @@ def create_app(settings: Settings) -> web.Application:
 
     async def add_version_header(request: web.Request, response: web.StreamResponse) -> None:
         response.headers.update(API_VERSION_HEADER)
+        if app[DRAIN].draining:  # shutting down: no next request on this connection
+            response.force_close()
 
     app.on_response_prepare.append(add_version_header)
     return app

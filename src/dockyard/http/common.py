@@ -12,6 +12,7 @@ from urllib.parse import quote, urlencode
 from aiohttp import HttpVersion11, web
 from aiohttp.typedefs import Handler
 
+from dockyard.http.drain import DRAIN
 from dockyard.registry import errors
 from dockyard.registry.names import parse_name
 from dockyard.registry.ports import UploadSession
@@ -130,10 +131,13 @@ async def body_stream(request: web.Request) -> AsyncIterator[bytes]:
     HEARTBEAT_SECONDS, so that the reader can decide to give up sooner.
     """
     timeout = request.app[BODY_TIMEOUT]
+    drain = request.app[DRAIN]
     loop = asyncio.get_running_loop()
     await _send_continue(request)
     last_data = loop.time()
     while True:
+        if drain.cut:  # the node stops: what arrived is kept, the client continues elsewhere
+            raise errors.RegistryError(errors.SHUTTING_DOWN, headers={"Retry-After": "1"})
         try:
             async with asyncio.timeout(min(HEARTBEAT_SECONDS, timeout)):
                 data = await request.content.readany()

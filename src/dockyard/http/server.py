@@ -20,11 +20,16 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from dockyard.config import Settings
-from dockyard.http import metrics
+from dockyard.http import health, metrics
 from dockyard.http.app import create_app
-from dockyard.wiring import build_registry
+from dockyard.http.drain import DRAIN
+from dockyard.startup import StartupError, wait_for_dependencies
 
 log = logging.getLogger("dockyard")
+
+CUT_SECONDS = 5.0  # after the grace period: for cut uploads to record where they stopped
+KILL_AFTER_SECONDS = 10.0  # the supervisor kills a worker still running this long after that
+DRAIN_POLL_SECONDS = 0.1  # how often a draining worker looks at its connections
 
 
 class _MalformedRequests(logging.Filter):
@@ -46,19 +51,19 @@ class _MalformedRequests(logging.Filter):
         return True
 
 
-async def _prepare_metadata(settings: Settings) -> None:
-    """Create or migrate the schema once, in the parent, before workers race to open it."""
-    core = build_registry(settings)
-    await core.meta.open()
-    await core.meta.close()
-
-
-def bind_socket(settings: Settings) -> socket.socket:
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+def bind_socket(listen: str) -> socket.socket:
+    """The address (``HOST:PORT``), taken (a port in use fails here, at once) but not yet
+    listening: until the start-up checks pass, a connection is refused rather than left waiting."""
+    host = listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
+    port = int(listen.rpartition(":")[2])
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.port))
-    sock.listen(1024)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
     sock.setblocking(False)
     return sock
 
@@ -85,9 +90,10 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-async def _serve(settings: Settings, sock: socket.socket) -> None:
+async def _serve(settings: Settings, sock: socket.socket, health_sock: socket.socket | None = None) -> None:
     logging.getLogger("aiohttp.server").addFilter(_MalformedRequests())
     app = create_app(settings)
+    grace = settings.shutdown_grace_seconds
     runner = web.AppRunner(
         app,
         access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
@@ -96,10 +102,17 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
         max_line_size=settings.max_header_bytes,
         max_field_size=settings.max_header_bytes,
         max_headers=settings.max_headers,
+        # _drain has waited for the requests in flight: what is left is cancelled soon
+        shutdown_timeout=1.0,
     )
     await runner.setup()
     site = web.SockSite(runner, sock, ssl_context=tls_context(settings))
     await site.start()
+    probes: web.AppRunner | None = None
+    if health_sock is not None:  # health_listen: the probes alone, plain HTTP, answering while draining
+        probes = web.AppRunner(health.probe_app(app), handle_signals=False, access_log=None)
+        await probes.setup()
+        await web.SockSite(probes, health_sock).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -107,18 +120,85 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
     try:
         await stop.wait()
     finally:
-        await runner.cleanup()
+        try:
+            await _drain(app, runner, site, grace)
+        finally:
+            if probes is not None:
+                await probes.cleanup()
 
 
-def _run_worker(settings: Settings, sock: socket.socket) -> None:
-    asyncio.run(_serve(settings, sock))
+async def _drain(app: web.Application, runner: web.AppRunner, site: web.BaseSite, grace: float) -> None:
+    """Graceful shutdown: readiness turns false, this worker stops accepting (its copy of the
+    listening socket closes), idle keep-alive connections close, requests in flight get
+    ``grace`` seconds, their bodies still arriving included; then bodies still arriving are cut
+    (their upload sessions keep the bytes that arrived), and what still runs CUT_SECONDS later
+    is cancelled. (aiohttp's own shutdown stops reading request bodies at once: not used until
+    the requests in flight are done.)"""
+    drain = app[DRAIN]
+    drain.draining = True
+    await site.stop()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    idle_before: set[object] = set()
+    server = runner.server
+    while server is not None:
+        pending = False
+        idle_now: set[object] = set()
+        for conn in server.connections:
+            if _busy(conn):
+                pending = True
+            elif conn in idle_before:  # idle on two looks running: no request on its way in
+                conn.force_close()
+            else:
+                idle_now.add(conn)
+                pending = True
+        idle_before = idle_now
+        if not pending:
+            break
+        now = loop.time()
+        if now >= deadline:
+            if drain.cut:
+                break
+            drain.cut = True
+            deadline = now + CUT_SECONDS
+            log.info("shutdown: grace period over; cutting request bodies still arriving")
+        await asyncio.sleep(DRAIN_POLL_SECONDS)
+    await runner.cleanup()
+
+
+def _busy(conn: object) -> bool:
+    """Whether the connection is serving a request (reading it, handling it, or sending the
+    answer). aiohttp keeps this in a private flag; without it every connection counts as busy
+    (the drain then waits the grace period out: slower, never wrong)."""
+    return bool(getattr(conn, "_request_in_progress", True))
+
+
+def _run_worker(settings: Settings, sock: socket.socket, health_sock: socket.socket | None) -> None:
+    asyncio.run(_serve(settings, sock, health_sock))
 
 
 def serve(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT. Workers that die are replaced; the socket stays open."""
-    tls_context(settings)  # a bad certificate or key fails here, before any worker starts
-    asyncio.run(_prepare_metadata(settings))
-    sock = bind_socket(settings)
+    try:
+        tls_context(settings)  # a bad certificate or key fails here, before any worker starts
+    except FileNotFoundError as exc:
+        raise StartupError(f"tls_cert, tls_key: {exc.filename}: {exc.strerror}") from exc
+    except PermissionError as exc:
+        raise StartupError(f"tls_cert, tls_key: {exc.filename}: {exc.strerror}") from exc
+    sockets = [bind_socket(settings.listen)]
+    try:
+        if settings.health_listen:
+            sockets.append(bind_socket(settings.health_listen))
+        # The stores answer, and the schema is created or migrated once, here, before the
+        # workers race to open it (docs/operations.md "Start-up checks").
+        asyncio.run(wait_for_dependencies(settings))
+        for listening in sockets:
+            listening.listen(1024)
+    except BaseException:
+        for listening in sockets:
+            listening.close()
+        raise
+    sock, health_sock = sockets[0], (sockets[1] if len(sockets) > 1 else None)
     log.info(
         "dockyard listening on %s://%s:%d/ (data: %s, workers: %d, auth: %s)",
         "https" if settings.tls_cert else "http",
@@ -128,6 +208,8 @@ def serve(settings: Settings) -> None:
         settings.workers,
         settings.auth.mode,
     )
+    if settings.health_listen:
+        log.info("health probes on http://%s/health/ready (health_listen)", settings.health_listen)
     if settings.auth.mode == "none" and not is_loopback(settings.host):
         log.warning(
             "listening on %s WITHOUT access control: anyone who can reach it may push and delete "
@@ -136,19 +218,19 @@ def serve(settings: Settings) -> None:
         )
     if settings.workers == 1:
         metrics.use_this_process_only()
-        _run_worker(settings, sock)
+        _run_worker(settings, sock, health_sock)
         return
     # Workers record request metrics into files here, so that any one of them can answer a
     # scrape with the sum over all. This process owns the directory; a new server starts empty.
     metrics_dir = Path(tempfile.mkdtemp(prefix="dockyard-metrics-"))
     metrics.use_shared_directory(metrics_dir)
     try:
-        _supervise(settings, sock)
+        _supervise(settings, sock, health_sock)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _supervise(settings: Settings, sock: socket.socket) -> None:
+def _supervise(settings: Settings, sock: socket.socket, health_sock: socket.socket | None) -> None:
     """Fork the workers, replace those that die, stop them all on SIGTERM/SIGINT."""
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
@@ -160,7 +242,7 @@ def _supervise(settings: Settings, sock: socket.socket) -> None:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 0
             try:
-                _run_worker(settings, sock)
+                _run_worker(settings, sock, health_sock)
             except BaseException:
                 log.exception("worker %d failed", index)
                 code = 1
@@ -170,10 +252,25 @@ def _supervise(settings: Settings, sock: socket.socket) -> None:
 
     def stop(signum: int, _frame: object) -> None:
         nonlocal stopping
+        if stopping:
+            return
         stopping = True
+        # This process's copies of the listening sockets: once the workers close theirs, the
+        # address refuses new connections (a load balancer tries another node at once).
+        sock.close()
+        if health_sock is not None:
+            health_sock.close()
+        log.info(
+            "shutting down: requests in flight get %g s (shutdown_grace_seconds)",
+            settings.shutdown_grace_seconds,
+        )
         for pid in list(children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+        signal.signal(signal.SIGALRM, lambda _signum, _frame: _kill_stragglers(children))
+        signal.setitimer(
+            signal.ITIMER_REAL, settings.shutdown_grace_seconds + CUT_SECONDS + KILL_AFTER_SECONDS
+        )
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -193,5 +290,16 @@ def _supervise(settings: Settings, sock: socket.socket) -> None:
             log.warning("worker %d (pid %d) exited with status %d; restarting it", index, pid, status)
             time.sleep(0.2)
             spawn(index)
+    signal.setitimer(signal.ITIMER_REAL, 0)
     sock.close()
+    if health_sock is not None:
+        health_sock.close()
     sys.stdout.flush()
+
+
+def _kill_stragglers(children: dict[int, int]) -> None:
+    """Workers that outlived the grace period by far (a handler that ignores cancellation)."""
+    for pid, index in children.items():
+        log.warning("worker %d (pid %d) did not stop in time; killing it", index, pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

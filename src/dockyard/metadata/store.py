@@ -19,20 +19,28 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Row, and_, bindparam, delete, event, func, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, delete, event, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from dockyard.clock import wall_clock
+from dockyard.metadata import probe
 from dockyard.metadata import schema as s
 from dockyard.metadata.browsing import BrowsingQueries
 from dockyard.metadata.faults import DISK_FULL, GuardedEngine, database_faults
 from dockyard.metadata.pglocks import MIGRATIONS_KEY, XACT_LOCK, AdvisoryLocks
 from dockyard.registry import errors
 from dockyard.registry.digests import Digest
-from dockyard.registry.ports import ManifestRecord, ManifestRef, RepositoryView, TagRecord, UploadSession
+from dockyard.registry.ports import (
+    DependencyDown,
+    ManifestRecord,
+    ManifestRef,
+    RepositoryView,
+    TagRecord,
+    UploadSession,
+)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -104,6 +112,7 @@ _SAVE_UPLOAD = (
     )
 )
 _SQLITE_NAMED = sqlite.dialect(paramstyle="named")
+_PING = text("SELECT 1")
 
 
 def _sqlite_sql(statement: Any) -> str:
@@ -280,16 +289,32 @@ class SqlMetadataStore(BrowsingQueries):
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def open(self) -> None:
+        """Connect, and migrate (or check) the schema; ``DependencyDown`` says why it cannot."""
         await self.connect()
-        if self._migrate:
-            await self.upgrade()
-        else:
-            current, head = await self.revisions()
-            if current != head:
-                raise RuntimeError(
-                    f"the metadata schema is at revision {current}, this version needs {head}: "
-                    "run `dockyard db upgrade`"
-                )
+        try:
+            if self._migrate:
+                await self.upgrade()
+            else:
+                current, head = await self.revisions()
+                if current != head:
+                    raise DependencyDown(
+                        "database_auto_migrate",
+                        f"the metadata schema is at revision {current}, this version needs {head}: "
+                        "run `dockyard db upgrade`",
+                    )
+        except Exception as exc:
+            await self.close()
+            raise probe.classify(self.url, exc) from exc
+
+    async def check(self) -> None:
+        """The database answers a query now (readiness; cheap: a pooled connection)."""
+        if not hasattr(self, "_read"):  # a start-up probe, before ``open``
+            await self.connect()
+        try:
+            async with self._read.connect() as conn:
+                await conn.execute(_PING)
+        except Exception as exc:
+            raise probe.classify(self.url, exc) from exc
 
     async def connect(self) -> None:
         """Set up the engines, touching nothing in the database (``open`` also migrates)."""

@@ -46,6 +46,9 @@ PAGINATION_INVALID = ErrorCode("UNSUPPORTED", 400, "invalid number of results re
 INSUFFICIENT_STORAGE = ErrorCode("BLOB_UPLOAD_INVALID", 507, "the registry's storage has no space left")
 BODY_TIMEOUT = ErrorCode("BLOB_UPLOAD_INVALID", 408, "the request body stalled")
 INTERNAL = ErrorCode("UNKNOWN", 500, "internal error; the request was not carried out")
+SHUTTING_DOWN = ErrorCode(
+    "UNAVAILABLE", 503, "the node is shutting down; retry (an upload session goes on where it stopped)"
+)
 UPLOAD_LIMIT = ErrorCode("TOOMANYREQUESTS", 429, "too many open upload sessions")
 # Pull-through cache: the upstream could not answer and nothing is cached here (503, the client
 # may retry), or it sent content that fails verification (502); and a cache takes no pushes.

@@ -105,6 +105,21 @@ class TagRecord:
     digest: Digest
 
 
+class DependencyDown(Exception):
+    """A store this node depends on cannot be used now (a probe's answer: ``check``).
+
+    ``setting`` names what the operator would change (``database_url``, ``s3.secret_access_key``);
+    ``final`` says waiting will not help (credentials rejected, no such bucket or database), as
+    opposed to a store that is unreachable or starting. The message names hosts, never secrets.
+    """
+
+    def __init__(self, setting: str, message: str, final: bool = False) -> None:
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
+        self.message = message
+        self.final = final
+
+
 # ---------------------------------------------------------------------------------------------
 # bytes
 
@@ -181,6 +196,11 @@ class BlobStore(Protocol):
         """Release connections (an object store's client); the store is not used after."""
         ...
 
+    async def check(self, write: bool = False) -> None:
+        """Raise ``DependencyDown`` unless the store answers now; ``write``: also store and
+        delete a probe object (start-up: the credentials may write). Cheap without ``write``."""
+        ...
+
 
 # ---------------------------------------------------------------------------------------------
 # facts
@@ -189,9 +209,16 @@ class BlobStore(Protocol):
 class MetadataStore(Protocol):
     """Repositories, links, manifests, tags, references and upload sessions."""
 
-    async def open(self) -> None: ...
+    async def open(self) -> None:
+        """Connect and bring the schema to this version (or check it is there); raises
+        ``DependencyDown`` when the database cannot be used."""
+        ...
 
     async def close(self) -> None: ...
+
+    async def check(self) -> None:
+        """Raise ``DependencyDown`` unless the database answers a query now (readiness)."""
+        ...
 
     # repositories and blob links
     async def repository_exists(self, repository: str) -> bool: ...

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import os
 import shutil
 import time
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from dockyard.failpoints import storage_fault_point
 from dockyard.registry.digests import ALGORITHMS, Digest
-from dockyard.registry.ports import UploadSession
+from dockyard.registry.ports import DependencyDown, UploadSession
 
 READ_SIZE = 1 << 20
 WRITE_BATCH = 1 << 19  # at most two per open upload: 16 concurrent pushes hold <= 16 MiB
@@ -268,5 +269,30 @@ class FilesystemBlobStore:
     async def close(self) -> None:
         """Nothing to release: files are opened per call."""
 
+    async def check(self, write: bool = False) -> None:
+        """The directory is there (a volume gone away fails this); ``write``: a file can be
+        created in it. A full disk passes: pulls still work, pushes get 507."""
+        try:
+            if write:
+                await asyncio.to_thread(_probe_write, self._tmp)
+            else:
+                os.stat(self._blobs)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                return
+            raise DependencyDown(
+                "data_dir", f"{self.root} is not usable: {exc.strerror or exc}", final=True
+            ) from exc
+
     async def staging_delete(self, session: UploadSession) -> None:
         await asyncio.to_thread(shutil.rmtree, self._uploads / session.id, True)
+
+
+def _probe_write(directory: Path) -> None:
+    path = directory / f"probe-{uuid.uuid4().hex}"
+    try:
+        with open(path, "wb") as f:
+            f.write(b"dockyard")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

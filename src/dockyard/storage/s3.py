@@ -360,6 +360,12 @@ class S3BlobStore:
             stack, self._stack, self._client, self._presigner = self._stack, None, None, None
             await stack.aclose()
 
+    async def check(self, write: bool = False) -> None:
+        """The bucket answers with these credentials (``write``: they may put and delete)."""
+        from dockyard.storage.s3_probe import check_bucket
+
+        await check_bucket(self, write)
+
     # -- keys ------------------------------------------------------------------------------------
 
     def _blob_key(self, digest: Digest) -> str:
