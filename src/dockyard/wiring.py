@@ -55,6 +55,9 @@ def build_blob_store(settings: Settings) -> BlobStore:
                 redirect_expiry_seconds=s3.redirect_expiry_seconds,
                 public_endpoint_url=s3.public_endpoint_url,
                 part_size=s3.part_size,
+                direct_uploads=s3.direct_uploads,
+                direct_upload_url_expiry_seconds=s3.direct_upload_url_expiry_seconds,
+                direct_upload_max_bytes=s3.direct_upload_max_bytes,
             )
         )
     return FilesystemBlobStore(settings.data_dir)

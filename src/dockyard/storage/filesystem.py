@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from dockyard.registry.digests import ALGORITHMS, Digest
-from dockyard.registry.ports import UploadSession
+from dockyard.registry.ports import DirectUploads, UploadSession
 
 READ_SIZE = 1 << 20
 WRITE_BATCH = 1 << 19  # at most two per open upload: 16 concurrent pushes hold <= 16 MiB
@@ -123,6 +123,7 @@ class _FileStagingWriter:
 
 class FilesystemBlobStore:
     chunk_min_length: int | None = None
+    direct: DirectUploads | None = None  # the bytes pass through the registry to the disk
 
     def __init__(self, root: Path) -> None:
         self.root = root

@@ -60,7 +60,7 @@ from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from dockyard.registry.digests import ALGORITHMS, Digest
-from dockyard.registry.ports import UploadSession
+from dockyard.registry.ports import DirectUploads, UploadSession
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -126,6 +126,9 @@ class S3Options:
     part_size: int = 8 * MiB
     copy_part_size: int = 256 * MiB
     max_connections: int = 64
+    direct_uploads: bool = True  # offer direct-to-bucket uploads (storage/s3_direct.py)
+    direct_upload_url_expiry_seconds: int = 900
+    direct_upload_max_bytes: int = 5 * (1 << 40)
 
 
 @dataclass
@@ -264,6 +267,13 @@ class S3BlobStore:
         self._stack: AsyncExitStack | None = None
         self._client: S3Client | None = None
         self._presigner: S3Client | None = None
+        self.direct: DirectUploads | None = None
+        if options.direct_uploads:
+            from dockyard.storage.s3_direct import S3DirectUploads
+
+            self.direct = S3DirectUploads(
+                self, options.direct_upload_url_expiry_seconds, options.direct_upload_max_bytes
+            )
 
     # -- the client (one per event loop: each worker process builds its own store) ----------------
 
