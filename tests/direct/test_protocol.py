@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
+import pytest
 
 from tests.direct.support import (
     DIRECT,
@@ -347,3 +349,29 @@ def test_switched_off_or_on_a_filesystem_the_header_opens_an_ordinary_session(
                 assert c.put(location, params={"digest": digest_of(b"abc")}).status_code == 201
     finally:
         filesystem.stop()
+
+
+def test_a_node_killed_right_after_joining_the_parts_leaves_a_session_another_node_closes(
+    cluster: list[DockyardServer], cluster_env: dict[str, str], seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    repo = "direct/crash"
+    data = os.urandom(9 * MiB)
+    crashing = DockyardServer(
+        tmp_path / "crashing", workers=1, env={**cluster_env, "DOCKYARD_FAILPOINTS": "direct.after_complete"}
+    ).start()
+    try:
+        with api_client(cluster[0].url) as c, httpx.Client(base_url=crashing.url, timeout=60) as doomed:
+            opened = open_direct(c, repo)
+            location, upload_id = opened.headers["location"], opened.headers["docker-upload-uuid"]
+            send_parts(c, location, split(data))
+            with pytest.raises(httpx.TransportError):
+                doomed.put(location, params={"digest": digest_of(data)})  # the node dies mid-PUT
+            held = status(c, location)  # the multipart upload is completed; the row never said so
+            assert held["state"] == "completed"
+            assert c.head(f"/v2/{repo}/blobs/{digest_of(data)}").status_code == 404  # not published
+            r = c.put(location, params={"digest": digest_of(data)})
+            assert r.status_code == 201, r.text
+    finally:
+        crashing.stop()
+    assert _pull(cluster[2], repo, digest_of(data)) == data
+    assert staged_keys(seaweedfs, cluster_env, upload_id) == []
