@@ -8,7 +8,14 @@ from typing import Any
 from aiohttp import web
 
 from dockyard.http import auth
-from dockyard.http.common import json_response, registry, repository, session_headers, upload_location
+from dockyard.http.common import (
+    _send_continue,
+    json_response,
+    registry,
+    repository,
+    session_headers,
+    upload_location,
+)
 from dockyard.registry import errors
 from dockyard.registry.direct import DirectStatus
 from dockyard.registry.ports import UploadSession
@@ -52,9 +59,12 @@ async def request_parts(request: web.Request) -> web.Response:
     """POST <session>/parts: pre-signed URLs for the parts the body names."""
     if (request.content_length or 0) > MAX_REQUEST_BYTES:
         raise errors.RegistryError(errors.BLOB_UPLOAD_INVALID, message="the parts request is too large")
-    raw = await request.content.read(MAX_REQUEST_BYTES + 1)
-    if len(raw) > MAX_REQUEST_BYTES:
-        raise errors.RegistryError(errors.BLOB_UPLOAD_INVALID, message="the parts request is too large")
+    await _send_continue(request)  # the route defers "100 Continue" until the body is wanted
+    raw = bytearray()
+    while piece := await request.content.read(MAX_REQUEST_BYTES + 1 - len(raw)):
+        raw += piece
+        if len(raw) > MAX_REQUEST_BYTES:
+            raise errors.RegistryError(errors.BLOB_UPLOAD_INVALID, message="the parts request is too large")
     try:
         doc: Any = json.loads(raw)
     except ValueError:
