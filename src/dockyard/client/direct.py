@@ -30,6 +30,7 @@ DIRECT_HEADER = "Dockyard-Upload-Direct"
 PARTS_HEADER = "Dockyard-Upload-Parts"
 SIZE_HEADER = "Dockyard-Upload-Size"
 MAX_PARTS = 10_000
+MIN_PART_SIZE = 5 * 1024 * 1024  # S3's, for every part but the last
 
 
 class DirectUnavailable(Exception):
@@ -80,7 +81,17 @@ async def send_direct(
 ) -> None:
     """Upload the parts the store lacks, then close the session at the registry."""
     registry = uploader.registry
+    first = direct.held.get(1, 0)
+    if first >= min(MIN_PART_SIZE, source.size):
+        part_size = first  # resumed: the parts are cut as the earlier run cut them
     plan = plan_parts(source.size, part_size)
+    if any(n not in plan for n in direct.held) and not direct.completed:
+        # Parts past the blob's end (cut another way): S3 cannot delete a part; start afresh.
+        with contextlib.suppress(*TRANSPORT_ERRORS, RegistryError):
+            await registry.call("DELETE", location, scopes=uploader.scopes, ok=range(200, 500))
+        from dockyard.client.upload import SessionGone
+
+        raise SessionGone()
     for attempt in range(3):
         if not direct.completed:
             missing = [n for n, (_, length) in plan.items() if direct.held.get(n) != length]
