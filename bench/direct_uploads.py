@@ -134,7 +134,7 @@ def main() -> int:
                 rows.append((way, elapsed, received, cpu, how))
                 print(
                     f"round {round_ + 1} {way:>9}: {elapsed:6.1f} s, nodes received "
-                    f"{received / MiB:9.2f} MiB, node CPU {cpu:6.2f} s ({how})",
+                    f"{received / 1024:10.1f} KiB, node CPU {cpu:6.2f} s ({how})",
                     flush=True,
                 )
                 shutil.rmtree(layout)
@@ -152,7 +152,7 @@ def main() -> int:
         f"3 nodes (1 worker each), SeaweedFS and PostgreSQL on loopback, {os.cpu_count()} cores "
         f"(load average at the end {os.getloadavg()[0]:.1f}). Figures per pushed GiB, median of the rounds.",
         "",
-        "| way | wall s/GiB | node bytes received /GiB | % of the blob | node CPU s/GiB | blobs went |",
+        "| way | wall s/GiB | node bytes received /GiB | share of the blob | node CPU s/GiB | blobs went |",
         "|---|---|---|---|---|---|",
     ]
     for way in WAYS:
