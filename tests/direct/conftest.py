@@ -37,13 +37,16 @@ def cluster(
 
 @pytest.fixture
 def node_with(shared_backends: SharedBackends, tmp_path: Path) -> Iterator[Callable[..., DockyardServer]]:
-    """``node_with(DOCKYARD_X="y")``: a node of its own (fresh prefix and database)."""
+    """``node_with(DOCKYARD_X="y")``: a node of its own (fresh prefix and database);
+    ``node_with(beside=node, ...)``: another node over the same ones."""
     started: list[DockyardServer] = []
+    backends: dict[int, dict[str, str]] = {}  # the backends each node runs on, by id(node)
 
-    def start(**env: str) -> DockyardServer:
-        server = DockyardServer(
-            tmp_path / f"node-{len(started)}", workers=1, env={**shared_backends.server_env(), **env}
-        )
+    def start(beside: DockyardServer | None = None, **env: str) -> DockyardServer:
+        """A node on fresh backends, or ``beside`` another on the same ones."""
+        base = backends[id(beside)] if beside is not None else shared_backends.server_env()
+        server = DockyardServer(tmp_path / f"node-{len(started)}", workers=1, env={**base, **env})
+        backends[id(server)] = base
         started.append(server.start())
         return server
 
