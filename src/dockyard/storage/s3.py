@@ -41,6 +41,9 @@ upload, delete data and tail) and nothing is left in the bucket.
 
 **Reads.** ``redirect_url`` hands clients a short-lived pre-signed GET URL (or None when
 redirects are off and the node streams); ``read`` streams a range with ``GetObject Range``.
+
+**Direct sessions** (``storage/s3_direct.py``, docs/direct-uploads.md) are the exception to
+"never ListParts": the client uploads their parts, so the store's list is the account of them.
 """
 
 from __future__ import annotations
