@@ -22,6 +22,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -159,15 +160,15 @@ def main() -> int:
         mine = [r for r in rows if r[0] == way]
         if not mine:
             continue
-        wall = sorted(r[1] for r in mine)[len(mine) // 2] / gib
-        got = sorted(r[2] for r in mine)[len(mine) // 2] / gib
-        cpu = sorted(r[3] for r in mine)[len(mine) // 2] / gib
+        wall = statistics.median(r[1] for r in mine) / gib
+        got = statistics.median(r[2] for r in mine) / gib
+        cpu = statistics.median(r[3] for r in mine) / gib
         share = 100 * got / GiB
         lines.append(
-            f"| {way} | {wall:.1f} | {got / MiB:.2f} MiB | {share:.3f} % | {cpu:.2f} | {mine[0][4]} |"
+            f"| {way} | {wall:.1f} | {got / 1024:.1f} KiB | {share:.4f} % | {cpu:.2f} | {mine[0][4]} |"
         )
     lines += ["", "Each round:", ""]
-    lines += [f"- {w}: {e:.1f} s, {r / MiB:.2f} MiB received, {c:.2f} CPU s ({h})" for w, e, r, c, h in rows]
+    lines += [f"- {w}: {e:.1f} s, {r / 1024:.1f} KiB received, {c:.2f} CPU s ({h})" for w, e, r, c, h in rows]
     options.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
