@@ -96,6 +96,14 @@ def test_without_the_header_or_with_an_unknown_kind_the_session_is_ordinary(
         r = c.post(location + "/parts", json={"parts": [{"number": 1, "size": 10}]})
         assert_error(r, 409, "BLOB_UPLOAD_INVALID")
         assert "PATCH" in r.json()["errors"][0]["message"]
+        # A mount that cannot be made opens a session: direct, when asked for.
+        missing = digest_of(b"nowhere to be found")
+        r = c.post(
+            f"/v2/{repo}/blobs/uploads/",
+            params={"mount": missing, "from": "direct/none"},
+            headers={DIRECT: KIND},
+        )
+        assert r.status_code == 202 and r.headers[DIRECT] == KIND
         # Of several kinds named, the store's is chosen.
         r = c.post(f"/v2/{repo}/blobs/uploads/", headers={DIRECT: f"gcs-resumable, {KIND}"})
         assert r.headers[DIRECT] == KIND
@@ -215,6 +223,10 @@ def test_bad_parts_requests_get_clear_errors(cluster: list[DockyardServer]) -> N
             ({"parts": [{"number": 1, "size": 10}, {"number": 1, "size": 10}]}, "named twice"),
             ({"parts": [{"number": "1", "size": 10}]}, "integer number and size"),
             ([1, 2], "one part or more"),
+            (
+                {"parts": [{"number": n, "size": 10} for n in range(1, 1002)]},
+                "at most 1000 parts per request",
+            ),
         ]
         for body, message in cases:
             r = c.post(location + "/parts", json=body)
