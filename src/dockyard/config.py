@@ -135,6 +135,15 @@ class S3Settings(BaseModel):
         le=10,
         description="tries per request to the store (retries with backoff), the first included",
     )
+    direct_uploads: bool = Field(
+        True, description="offer clients direct-to-bucket uploads (docs/direct-uploads.md)"
+    )
+    direct_upload_url_expiry_seconds: int = Field(
+        900, ge=1, le=7 * 24 * 3600, description="lifetime of a pre-signed part URL of a direct upload"
+    )
+    direct_upload_max_bytes: int = Field(
+        5 * 1024**4, ge=1, le=5 * 1024**4, description="the largest blob a direct upload may complete"
+    )
 
 
 class ProxySettings(BaseModel):

@@ -58,6 +58,9 @@ def build_blob_store(settings: Settings) -> BlobStore:
                 connect_timeout=s3.connect_timeout_seconds,
                 read_timeout=s3.read_timeout_seconds,
                 max_attempts=s3.max_attempts,
+                direct_uploads=s3.direct_uploads,
+                direct_upload_url_expiry_seconds=s3.direct_upload_url_expiry_seconds,
+                direct_upload_max_bytes=s3.direct_upload_max_bytes,
             )
         )
     return FilesystemBlobStore(settings.data_dir)

@@ -166,6 +166,7 @@ def test_probe_reports_what_dockyard_does(registry_server: DockyardServer) -> No
     assert results["mount_from"] is True
     assert results["mount_without_from"] is True
     assert results["chunk_min_length"] == "none"  # the filesystem backend has none
+    assert results["direct_uploads"] is False  # nor direct uploads
     assert results["lost_response"] == "chunk kept"
     assert results["cut_mid_body"].startswith("keeps ")
     assert results["commit"] is True

@@ -96,7 +96,18 @@ def _upload_options(f: Callable[..., Any]) -> Callable[..., Any]:
             default=DEFAULT_SINGLE_POST_MAX,
             help="blobs up to this go in one POST [1MiB]",
         ),
-        click.option("--jobs", type=int, default=3, show_default=True, help="blobs in flight at once"),
+        click.option(
+            "--jobs",
+            type=int,
+            default=3,
+            show_default=True,
+            help="blobs (and direct parts) in flight at once",
+        ),
+        click.option(
+            "--no-direct",
+            is_flag=True,
+            help="send every byte through the registry, even where it offers direct uploads to its store",
+        ),
     ]
     for decorator in reversed(decorators):
         f = decorator(f)
@@ -155,6 +166,7 @@ def push(
     chunk_size: int,
     single_post_max: int,
     jobs: int,
+    no_direct: bool,
     no_resume: bool,
     as_json: bool,
     quiet: bool,
@@ -186,6 +198,7 @@ def push(
                 chunk_size=chunk_size,
                 single_post_max=single_post_max,
                 jobs=jobs,
+                direct=not no_direct,
                 resume=not no_resume,
             )
         progress.close()
@@ -292,6 +305,7 @@ def copy(
     chunk_size: int,
     single_post_max: int,
     jobs: int,
+    no_direct: bool,
     state_file: Path | None,
     as_json: bool,
     quiet: bool,
@@ -325,6 +339,7 @@ def copy(
                 chunk_size=chunk_size,
                 single_post_max=single_post_max,
                 jobs=jobs,
+                direct=not no_direct,
                 state_file=state,
             )
         progress.close()

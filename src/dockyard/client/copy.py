@@ -62,6 +62,7 @@ async def copy_image(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     single_post_max: int = DEFAULT_SINGLE_POST_MAX,
     jobs: int = 3,
+    direct: bool = True,
     state_file: Path | None = None,
 ) -> CopyReport:
     same_registry = src.base == dst.base
@@ -72,6 +73,8 @@ async def copy_image(
         single_post_max=single_post_max,
         state=ResumeState(state_file),
         progress=progress,
+        direct=direct,
+        jobs=jobs,
     )
     root = await get_manifest(src, source.repository, source.reference)
     report = CopyReport(root.descriptor())

@@ -21,6 +21,7 @@ from typing import Any
 from yarl import URL
 
 from dockyard.client.content import OCI_EMPTY, OCI_MANIFEST, digest_of
+from dockyard.client.direct import DIRECT_HEADER, KIND, offered
 from dockyard.client.registry import (
     FAULTS,
     TRANSPORT_ERRORS,
@@ -198,6 +199,7 @@ class Prober:
         try:
             await self.chunked()
             await self.single_post_and_mounts()
+            await self.direct_uploads()
             await self.referrers()
         finally:
             await self.cleanup()
@@ -417,6 +419,21 @@ class Prober:
                 mounted.status == 201,
                 "201 Created" if mounted.status == 201 else f"status {mounted.status} (a session instead)",
             )
+
+    async def direct_uploads(self) -> None:
+        """Does a POST asking for a direct-to-bucket session get one (docs/direct-uploads.md)?"""
+        answer = await self.call("POST", self.url("blobs/uploads/"), headers={DIRECT_HEADER: KIND})
+        if answer.status == 202 and answer.header("Location"):
+            self.sessions.append(
+                (self.repo, self.registry.resolve(answer.url, answer.header("Location") or ""))
+            )
+        direct = offered(answer) if answer.status == 202 else None
+        self.check(
+            "direct_uploads",
+            "direct uploads to the object store",
+            direct.kind if direct else False,
+            f"parts at {direct.parts_url.path}" if direct else f"status {answer.status}, not offered",
+        )
 
     async def referrers(self) -> None:
         empty = b"{}"

@@ -90,6 +90,7 @@ async def push_image(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     single_post_max: int = DEFAULT_SINGLE_POST_MAX,
     jobs: int = 3,
+    direct: bool = True,
     resume: bool = True,
 ) -> PushReport:
     """Push the manifest ``ref`` names in ``layout`` (with all it refers to) to ``destination``."""
@@ -108,6 +109,8 @@ async def push_image(
         single_post_max=single_post_max,
         state=state,
         progress=progress,
+        direct=direct,
+        jobs=jobs,
     )
     report = PushReport(root)
     semaphore = asyncio.Semaphore(jobs)

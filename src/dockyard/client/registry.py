@@ -383,6 +383,22 @@ class Registry:
                 expect100=expect_continue,
             )
 
+    async def send_to_store(
+        self,
+        method: str,
+        url: URL,
+        headers: dict[str, str],
+        body: Body,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> tuple[int, bytes]:
+        """One request to a URL the registry handed out (a pre-signed object-store URL): never
+        with the registry's credentials, no redirects; the status and the (small) answer."""
+        response = await self._send(method, url, headers, body, on_progress)
+        try:
+            return response.status, await response.content.read(64 * 1024)
+        finally:
+            response.release()
+
     async def call(
         self,
         method: str,

@@ -24,10 +24,12 @@ from typing import Protocol
 
 from yarl import URL
 
+from dockyard.client.direct import DIRECT_HEADER, KIND, DirectSession, DirectUnavailable, offered, send_direct
 from dockyard.client.progress import Progress
 from dockyard.client.registry import (
     FAULTS,
     TRANSPORT_ERRORS,
+    Answer,
     Registry,
     RegistryError,
     backoff_delay,
@@ -120,7 +122,7 @@ class RegistryBlobSource:
 class UploadResult:
     digest: str
     size: int
-    how: str  # "exists", "mounted", "single-post", "chunked", "resumed"
+    how: str  # "exists", "mounted", "single-post", "chunked", "resumed", "direct"
     sent: int = 0  # body bytes sent (all attempts)
     faults: int = 0  # requests that failed and were continued from the registry's offset
 
@@ -135,6 +137,7 @@ class _Session:
     original: URL
     offset: int = 0
     min_chunk: int = 0
+    direct: DirectSession | None = None  # the bytes go to the object store (client/direct.py)
 
 
 def parse_upload_range(header: str | None) -> int | None:
@@ -166,6 +169,8 @@ class BlobUploader:
         single_post_max: int = DEFAULT_SINGLE_POST_MAX,
         state: ResumeState | None = None,
         progress: Progress | None = None,
+        direct: bool = True,
+        jobs: int = 3,
     ) -> None:
         self.registry = registry
         self.repository = repository
@@ -175,6 +180,8 @@ class BlobUploader:
         self.progress = progress or Progress(quiet=True)
         self.destination = f"{registry.base}/{repository}"
         self.scopes = [repository_scope(repository, "pull", "push")]
+        self.direct = direct  # ask for direct-to-bucket sessions where the registry offers them
+        self.part_slots = asyncio.Semaphore(max(1, jobs))  # direct parts in flight, all blobs
 
     def _url(self, path: str) -> URL:
         return self.registry.url(f"/v2/{self.repository}/{path}")
@@ -227,7 +234,27 @@ class BlobUploader:
                 session = await self._open_session()
                 self.state.put(self.destination, digest, str(session.location), str(session.original), size)
             try:
-                await self._send(digest, source, session, result)
+                if session.direct is not None:
+                    part_size = max(self.chunk_size, session.min_chunk)
+                    await send_direct(
+                        self, digest, source, session.location, session.direct, result, part_size
+                    )
+                    result.how = "direct"
+                else:
+                    await self._send(digest, source, session, result)
+            except DirectUnavailable as exc:
+                # The registry offered the store, but it cannot be reached from here.
+                self.progress.note(
+                    digest, f"the object store cannot be reached ({exc}); through the registry"
+                )
+                self.direct = False
+                with contextlib.suppress(*FAULTS):
+                    await self.registry.call(
+                        "DELETE", session.location, scopes=self.scopes, ok=range(200, 500)
+                    )
+                self.state.drop(self.destination, digest)
+                session = None
+                continue
             except SessionGone:
                 # The registry forgot the session (expired, or cancelled after a bad digest):
                 # a new one, a bounded number of times.
@@ -255,7 +282,10 @@ class BlobUploader:
         url = self._url("blobs/uploads/").with_query({"mount": digest, "from": source})
         scopes = [*self.scopes, repository_scope(source, "pull")]
         answer = await self.registry.retrying(
-            "mount", lambda: self.registry.call("POST", url, scopes=scopes, ok=(201, 202))
+            "mount",
+            lambda: self.registry.call(
+                "POST", url, scopes=scopes, headers=self._direct_header(), ok=(201, 202)
+            ),
         )
         if answer.status == 201:
             return True, None
@@ -291,18 +321,27 @@ class BlobUploader:
 
     # -- sessions -------------------------------------------------------------------------------
 
-    def _session_from(self, url: URL, location: str | None, answer: object) -> _Session:
+    def _direct_header(self) -> dict[str, str]:
+        return {DIRECT_HEADER: KIND} if self.direct else {}
+
+    def _session_from(self, url: URL, location: str | None, answer: Answer) -> _Session:
         if not location:
             raise RegistryError(202, "the registry opened an upload session without a Location", str(url))
         resolved = self.registry.resolve(url, location)
-        headers = getattr(answer, "headers", {})
-        min_chunk = headers.get("oci-chunk-min-length", "")
-        return _Session(resolved, resolved, 0, int(min_chunk) if min_chunk.isdigit() else 0)
+        min_chunk = answer.header("oci-chunk-min-length") or ""
+        direct = offered(answer) if self.direct else None
+        return _Session(resolved, resolved, 0, int(min_chunk) if min_chunk.isdigit() else 0, direct)
 
     async def _open_session(self) -> _Session:
         answer = await self.registry.retrying(
             "open session",
-            lambda: self.registry.call("POST", self._url("blobs/uploads/"), scopes=self.scopes, ok=(202,)),
+            lambda: self.registry.call(
+                "POST",
+                self._url("blobs/uploads/"),
+                scopes=self.scopes,
+                headers=self._direct_header(),
+                ok=(202,),
+            ),
         )
         return self._session_from(answer.url, answer.header("Location"), answer)
 
@@ -325,6 +364,7 @@ class BlobUploader:
             if answer.status in (200, 204):
                 offset = parse_upload_range(answer.header("Range"))
                 session.offset = offset if offset is not None else 0
+                session.direct = offered(answer)
                 if answer.header("Location"):
                     session.location = self.registry.resolve(answer.url, answer.header("Location") or "")
                 return

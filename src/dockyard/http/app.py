@@ -11,7 +11,7 @@ from aiohttp import web
 
 from dockyard.config import Settings
 from dockyard.gc import collect
-from dockyard.http import auth, blobs, browse, discovery, health, manifests, uploads
+from dockyard.http import auth, blobs, browse, direct, discovery, health, manifests, uploads
 from dockyard.http.common import BODY_TIMEOUT, REGISTRY, continue_middleware, defer_continue
 from dockyard.http.drain import DRAIN, Drain
 from dockyard.http.errors import API_VERSION_HEADER, Handler, error_middleware
@@ -38,6 +38,7 @@ ROUTES: list[tuple[str, str, Handler, str | None]] = [
     ("DELETE", f"/v2/{NAME}/manifests/{{reference}}", manifests.delete_manifest, "delete"),
     ("POST", f"/v2/{NAME}/blobs/uploads/", uploads.start_upload, "push"),
     ("POST", f"/v2/{NAME}/blobs/uploads", uploads.start_upload, "push"),
+    ("POST", f"/v2/{NAME}/blobs/uploads/{{upload_id}}/parts", direct.request_parts, "push"),  # extension
     ("GET", f"/v2/{NAME}/blobs/uploads/{{upload_id}}", uploads.upload_status, "push"),
     ("PATCH", f"/v2/{NAME}/blobs/uploads/{{upload_id}}", uploads.append_chunk, "push"),
     ("PUT", f"/v2/{NAME}/blobs/uploads/{{upload_id}}", uploads.commit_upload, "push"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from dockyard.http import auth
+from dockyard.http import auth, direct
 from dockyard.http.common import (
     body_stream,
     content_length,
@@ -51,6 +51,7 @@ async def start_upload(request: web.Request) -> web.Response:
         owner=auth.owner(request),
         may_read=auth.readable(request),
         may_mount_from=lambda source: auth.may_pull(request, source),
+        direct=direct.requested_kinds(request),
     )
     if isinstance(started, Digest):
         return _blob_created(name, started)
@@ -58,14 +59,20 @@ async def start_upload(request: web.Request) -> web.Response:
     headers["Content-Length"] = "0"
     if core.blobs.chunk_min_length:
         headers["OCI-Chunk-Min-Length"] = str(core.blobs.chunk_min_length)
+    kind = core.direct_kind(started)
+    if kind is not None:
+        headers.update(direct.direct_headers(started, kind))
     return web.Response(status=202, headers=headers)
 
 
 async def upload_status(request: web.Request) -> web.Response:
-    """GET: where the session stands (204, Location, Range)."""
-    session = await registry(request).upload_status(
+    """GET: where the session stands (204, Location, Range); a direct session's parts (200, JSON)."""
+    core = registry(request)
+    session = await core.upload_status(
         repository(request), request.match_info["upload_id"], auth.owner(request)
     )
+    if core.direct_kind(session) is not None:
+        return direct.status_response(await core.direct_status(session))
     return web.Response(status=204, headers=session_headers(session))
 
 
@@ -93,6 +100,7 @@ async def commit_upload(request: web.Request) -> web.Response:
         content_length(request),
         body_stream(request) if _has_body(request) else None,
         auth.owner(request),
+        direct.declared_size(request),
     )
     return _blob_created(name, digest)
 

@@ -747,6 +747,10 @@ class SqlMetadataStore(BrowsingQueries):
         async with self._begin() as conn:
             await conn.execute(_SAVE_UPLOAD, params)
 
+    async def touch_upload(self, upload_id: str, at: float) -> None:
+        async with self._begin() as conn:
+            await conn.execute(update(s.uploads).where(s.uploads.c.id == upload_id).values(updated_at=at))
+
     async def request_takeover(self, upload_id: str) -> None:
         # A count, not a time: nodes' clocks need not agree for a holder to see a newer request.
         async with self._begin() as conn:

@@ -124,6 +124,61 @@ class DependencyDown(Exception):
 # bytes
 
 
+@dataclass(frozen=True)
+class StoredPart:
+    """One part of a direct upload as the object store holds it (its ``ListParts`` answer)."""
+
+    number: int
+    size: int
+    etag: str = ""
+    ambiguous: bool = False  # the store holds two versions and cannot say which is newer
+
+
+@dataclass(frozen=True)
+class PartUrl:
+    """Where a client sends one part of a direct upload: ``PUT url`` with exactly ``headers``."""
+
+    number: int
+    size: int
+    url: str
+    headers: dict[str, str]
+
+
+class DirectUploads(Protocol):
+    """Clients upload a session's bytes straight to the object store (docs/direct-uploads.md).
+
+    The session stays at the registry; the store holds its parts. After ``complete`` the staged
+    bytes are read and committed with the ordinary ``staging_read`` / ``staging_commit``.
+    """
+
+    kind: str  # the protocol's name, e.g. "s3-multipart"
+    min_part_size: int  # every part but the last
+    max_part_size: int
+    max_parts: int
+    max_size: int  # the largest blob a direct session may complete
+    url_expiry_seconds: int
+
+    def is_direct(self, session: UploadSession) -> bool: ...
+
+    def is_completed(self, session: UploadSession) -> bool:
+        """Whether ``complete`` has joined the parts (the session then only awaits publishing)."""
+        ...
+
+    async def open(self, session: UploadSession) -> None:
+        """Start the session's upload in the store; records it in ``session.backend_state``."""
+        ...
+
+    async def part_urls(self, session: UploadSession, parts: Sequence[StoredPart]) -> list[PartUrl]: ...
+
+    async def list_parts(self, session: UploadSession) -> list[StoredPart] | None:
+        """The parts the store holds, by number; None when the upload is no longer open there."""
+        ...
+
+    async def complete(self, session: UploadSession, parts: Sequence[StoredPart] | None) -> int:
+        """Join ``parts`` (None: the upload was already completed) into the staged bytes; their size."""
+        ...
+
+
 class StagingWriter(Protocol):
     """Appends to an upload session's staged bytes."""
 
@@ -139,6 +194,8 @@ class BlobStore(Protocol):
 
     #: the smallest chunk the backend can append (S3 parts), or None
     chunk_min_length: int | None
+    #: direct-to-store uploads, where the backend offers them (None: it does not)
+    direct: DirectUploads | None
 
     async def stat(self, digest: Digest) -> int | None:
         """The stored size, or None when the bytes are not there."""
@@ -300,6 +357,10 @@ class MetadataStore(Protocol):
     async def get_upload(self, upload_id: str) -> UploadSession | None: ...
 
     async def save_upload(self, session: UploadSession) -> None: ...
+
+    async def touch_upload(self, upload_id: str, at: float) -> None:
+        """Mark the session as active at ``at`` (nothing else of its row changes)."""
+        ...
 
     async def delete_upload(self, upload_id: str) -> None: ...
 

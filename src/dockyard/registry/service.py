@@ -17,9 +17,19 @@ from dockyard.clock import wall_clock
 from dockyard.failpoints import crash_point, database_fault_point, storage_fault_point
 from dockyard.registry import errors
 from dockyard.registry.digests import DEFAULT_ALGORITHM, Digest, Hasher, check_algorithm, new_hasher
+from dockyard.registry.direct import DIRECT_MIX, DirectStatus, check_parts, parse_part_request
 from dockyard.registry.manifests import ParsedManifest, parse_manifest
 from dockyard.registry.names import Reference, parse_name, parse_tag
-from dockyard.registry.ports import BlobStore, ManifestRecord, ManifestRef, MetadataStore, UploadSession
+from dockyard.registry.ports import (
+    BlobStore,
+    DirectUploads,
+    ManifestRecord,
+    ManifestRef,
+    MetadataStore,
+    PartUrl,
+    StoredPart,
+    UploadSession,
+)
 from dockyard.registry.uploads import ChunkRange, LiveHashers, SessionError, UploadOutOfOrder
 
 Body = AsyncIterator[bytes]
@@ -392,6 +402,7 @@ class Registry:
         owner: str | None = None,
         may_read: Callable[[str], bool] | None = None,
         may_mount_from: Callable[[str], bool] | None = None,
+        direct: Sequence[str] = (),
     ) -> Digest | UploadSession:
         """The POST that starts every push: a mount (``mount``, ``source``), the whole blob in
         one request (``digest`` with ``body``), or a new session. A finished blob comes back as
@@ -400,6 +411,8 @@ class Registry:
         ``may_read`` says which repositories the client may pull (None: all), for a mount
         without a source; ``may_mount_from`` whether this request may read the named source
         (a token's scopes). A source it may not read is treated as one that lacks the blob.
+        ``direct``: the direct-upload kinds the client speaks; a new session is direct when the
+        store offers one of them (docs/direct-uploads.md).
         """
         if mount is not None:
             blob = Digest.parse(mount)
@@ -415,10 +428,14 @@ class Registry:
             raise errors.RegistryError(
                 errors.BLOB_UPLOAD_INVALID, message="a POST without ?digest= takes no body"
             )
-        return await self.start_upload(repository, algorithm, owner)
+        return await self.start_upload(repository, algorithm, owner, direct)
 
     async def start_upload(
-        self, repository: str, algorithm: str | None = None, owner: str | None = None
+        self,
+        repository: str,
+        algorithm: str | None = None,
+        owner: str | None = None,
+        direct: Sequence[str] = (),
     ) -> UploadSession:
         """Open an upload session (spec: "POST then PUT", "Pushing a blob in chunks")."""
         algorithm = check_algorithm(algorithm or DEFAULT_ALGORITHM)
@@ -438,6 +455,10 @@ class Registry:
             owner=owner,
         )
         database_fault_point("upload.create")
+        offered = self.blobs.direct
+        if offered is not None and offered.kind in direct:
+            with _storage_errors():
+                await offered.open(session)
         await self.meta.create_upload(session)
         return session
 
@@ -483,6 +504,7 @@ class Registry:
     ) -> UploadSession:
         """Append a chunk (PATCH); a chunk must start where the session ends."""
         async with self._writer(repository, upload_id, owner) as session:
+            self._refuse_direct(session)
             await self._append(session, chunk, length, body)
         return session
 
@@ -495,13 +517,21 @@ class Registry:
         length: int | None,
         body: Body | None,
         owner: str | None = None,
+        declared_size: int | None = None,
     ) -> Digest:
-        """Close the session (PUT): append the last chunk, verify the digest, publish."""
+        """Close the session (PUT): append the last chunk (or, for a direct session, join the
+        parts the store holds), verify the digest, publish. ``declared_size``: the blob's size as
+        the client of a direct session believes it (a session holding less is refused, kept)."""
         if not digest_text:
             raise errors.RegistryError(errors.DIGEST_INVALID, message="the digest parameter is required")
         digest = Digest.parse(digest_text)
         async with self._writer(repository, upload_id, owner) as session:
-            if body is not None:
+            direct = self._direct(session)
+            if direct is not None:
+                if body is not None:
+                    self._refuse_direct(session)
+                await self._complete_direct(session, direct, declared_size)
+            elif body is not None:
                 await self._append(session, chunk, length, body)
             await self._publish(session, digest)
         return digest
@@ -524,6 +554,90 @@ class Registry:
     async def cancel_upload(self, repository: str, upload_id: str, owner: str | None = None) -> None:
         async with self._writer(repository, upload_id, owner) as session:
             await self._discard(session)
+
+    # -- direct uploads (docs/direct-uploads.md) -------------------------------------------------
+
+    def _direct(self, session: UploadSession) -> DirectUploads | None:
+        """The store's direct uploads, if ``session`` is one."""
+        direct = self.blobs.direct
+        return direct if direct is not None and direct.is_direct(session) else None
+
+    def _refuse_direct(self, session: UploadSession) -> None:
+        if self._direct(session) is not None:
+            raise SessionError(
+                DIRECT_MIX,
+                session,
+                "this session takes its bytes as parts sent to the object store: PATCH and a PUT "
+                "with a body are refused (open an ordinary session to send chunks)",
+            )
+
+    def _direct_session(self, session: UploadSession) -> DirectUploads:
+        direct = self._direct(session)
+        if direct is None:
+            raise SessionError(
+                DIRECT_MIX,
+                session,
+                "this is an ordinary upload session: send its bytes with PATCH (a direct session is "
+                "asked for on the POST that opens it)",
+            )
+        return direct
+
+    def direct_kind(self, session: UploadSession) -> str | None:
+        direct = self._direct(session)
+        return direct.kind if direct is not None else None
+
+    async def direct_status(self, session: UploadSession) -> DirectStatus:
+        """The parts the store holds for a direct session (GET on the session)."""
+        direct = self._direct_session(session)
+        completed = direct.is_completed(session)
+        parts = None
+        if not completed:
+            with _storage_errors():
+                parts = await direct.list_parts(session)
+            # None: the upload was joined by a PUT that did not finish (a PUT finishes the job).
+            completed = parts is None
+        if parts is None:
+            parts = []
+            if direct.is_completed(session):
+                recorded = session.backend_state.get("parts", [])
+                parts = [StoredPart(int(n), int(size), str(etag)) for n, etag, size in recorded]
+        return DirectStatus(session, direct.kind, parts, completed, direct)
+
+    async def direct_part_urls(
+        self, repository: str, upload_id: str, request: object, owner: str | None = None
+    ) -> tuple[UploadSession, list[PartUrl], int]:
+        """Pre-signed URLs for the parts ``request`` names (``{"parts": [{number, size}]}``),
+        for the session's owner only; and how long they work."""
+        session = await self._session(repository, upload_id, owner)
+        direct = self._direct_session(session)
+        if direct.is_completed(session):
+            raise SessionError(
+                DIRECT_MIX, session, "the parts were joined already: PUT the session to publish the blob"
+            )
+        parts = parse_part_request(request, direct)
+        with _storage_errors():
+            urls = await direct.part_urls(session, parts)
+        now = self._clock()
+        if now - session.updated_at >= 1.0:
+            await self.meta.touch_upload(session.id, now)  # an active session does not expire
+        return session, urls, direct.url_expiry_seconds
+
+    async def _complete_direct(
+        self, session: UploadSession, direct: DirectUploads, declared_size: int | None
+    ) -> None:
+        """Join the parts the store holds (checked first: nothing the client says is trusted)."""
+        if direct.is_completed(session):
+            return
+        with _storage_errors():
+            parts = await direct.list_parts(session)
+        if parts is not None:
+            check_parts(parts, direct, declared_size)
+        with _storage_errors():
+            size = await direct.complete(session, parts)
+        crash_point("direct.after_complete")
+        session.offset = size
+        session.updated_at = self._clock()
+        await self.meta.save_upload(session)
 
     async def purge_stale_uploads(self) -> int:
         """Remove sessions idle longer than the TTL, with their staged bytes."""

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from dockyard.failpoints import storage_fault_point
 from dockyard.registry.digests import ALGORITHMS, Digest
-from dockyard.registry.ports import DependencyDown, UploadSession
+from dockyard.registry.ports import DependencyDown, DirectUploads, UploadSession
 
 READ_SIZE = 1 << 20
 WRITE_BATCH = 1 << 19  # at most two per open upload: 16 concurrent pushes hold <= 16 MiB
@@ -126,6 +126,7 @@ class _FileStagingWriter:
 
 class FilesystemBlobStore:
     chunk_min_length: int | None = None
+    direct: DirectUploads | None = None  # the bytes pass through the registry to the disk
 
     def __init__(self, root: Path) -> None:
         self.root = root

@@ -41,6 +41,9 @@ upload, delete data and tail) and nothing is left in the bucket.
 
 **Reads.** ``redirect_url`` hands clients a short-lived pre-signed GET URL (or None when
 redirects are off and the node streams); ``read`` streams a range with ``GetObject Range``.
+
+**Direct sessions** (``storage/s3_direct.py``, docs/direct-uploads.md) are the exception to
+"never ListParts": the client uploads their parts, so the store's list is the account of them.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from dockyard.failpoints import storage_fault_point
 from dockyard.registry.digests import ALGORITHMS, Digest
 from dockyard.registry.errors import DependencyUnavailable
-from dockyard.registry.ports import UploadSession
+from dockyard.registry.ports import DirectUploads, UploadSession
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -163,6 +166,9 @@ class S3Options:
     connect_timeout: float = 3.0  # seconds to open a connection to the store
     read_timeout: float = 20.0  # seconds to wait for the store's next byte
     max_attempts: int = 3  # tries per request (botocore's standard retries), the first included
+    direct_uploads: bool = True  # offer direct-to-bucket uploads (storage/s3_direct.py)
+    direct_upload_url_expiry_seconds: int = 900
+    direct_upload_max_bytes: int = 5 * (1 << 40)
 
 
 @dataclass
@@ -302,6 +308,13 @@ class S3BlobStore:
         self._stack: AsyncExitStack | None = None
         self._client: S3Client | None = None
         self._presigner: S3Client | None = None
+        self.direct: DirectUploads | None = None
+        if options.direct_uploads:
+            from dockyard.storage.s3_direct import S3DirectUploads
+
+            self.direct = S3DirectUploads(
+                self, options.direct_upload_url_expiry_seconds, options.direct_upload_max_bytes
+            )
 
     # -- the client (one per event loop: each worker process builds its own store) ----------------
 
