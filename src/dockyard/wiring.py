@@ -64,7 +64,11 @@ def build_registry(settings: Settings) -> Registry:
     """The core over the configured bytes and facts stores (not yet opened: ``meta.open()``)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     blobs = build_blob_store(settings)
-    meta = SqlMetadataStore(settings.metadata_url, migrate=settings.database_auto_migrate)
+    meta = SqlMetadataStore(
+        settings.metadata_url,
+        migrate=settings.database_auto_migrate,
+        cache_ttl_seconds=settings.cache_ttl_seconds,
+    )
     if settings.proxy.remote_url:
         proxy = settings.proxy
         return PullThroughRegistry(
