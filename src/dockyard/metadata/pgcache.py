@@ -40,13 +40,15 @@ CHANNEL = "dockyard_cache"  # the triggers of migration 0007 notify here
 MAX_ENTRIES = 50_000
 #: connections a worker keeps for the hot reads: one event loop rarely has more in flight
 POOL_SIZE = 4
-#: what a dead or dying connection raises (the read is then tried once on a new connection)
+#: what a dead or dying connection (or a stale prepared statement) raises: the read is then
+#: tried once more on a new connection
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,  # admin_shutdown: PostgreSQL stopping
+    asyncpg.exceptions.InvalidCachedStatementError,  # a migration changed what a statement returns
 )
 _KEEPALIVES = {
     "tcp_keepalives_idle": "30",
