@@ -257,7 +257,9 @@ def wrk(url: str, *, connections: int, duration: float, threads: int, script: Pa
     return WrkResult(rps, _ms(p99.group(1)) if p99 else None, total, "; ".join(problems) or None)
 
 
-def hey(url: str, *, connections: int, duration: float, method: str = "GET") -> WrkResult:
+def hey(
+    url: str, *, connections: int, duration: float, method: str = "GET", headers: dict[str, str] | None = None
+) -> WrkResult:
     """``hey`` for what wrk 4.1 cannot do: it never finishes a HEAD response (waits for the body)."""
     args = [
         find_tool("hey") or "hey",
@@ -268,6 +270,8 @@ def hey(url: str, *, connections: int, duration: float, method: str = "GET") -> 
         "-z",
         f"{max(1, round(duration))}s",
     ]
+    for name, value in (headers or {}).items():
+        args += ["-H", f"{name}: {value}"]
     out = subprocess.run(
         [*args, url], capture_output=True, text=True, timeout=duration + 60, check=True
     ).stdout

@@ -201,6 +201,12 @@ class Settings(BaseSettings):
         gt=0,
         description="PostgreSQL: a statement (or a wait for a pooled connection) longer than this fails",
     )
+    cache_ttl_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="PostgreSQL: how long a worker may answer tags, manifests and blob links from its "
+        "cache without hearing of a change (changes are heard within milliseconds); 0: no cache",
+    )
     storage: Literal["filesystem", "s3"] = Field("filesystem", description="where blobs live")
     s3: S3Settings = Field(default_factory=S3Settings)
     delete_enabled: bool = True

@@ -73,6 +73,7 @@ def build_metadata_store(settings: Settings, migrate: bool | None = None) -> Sql
         migrate=settings.database_auto_migrate if migrate is None else migrate,
         connect_timeout=settings.database_connect_timeout_seconds,
         statement_timeout=settings.database_statement_timeout_seconds,
+        cache_ttl_seconds=settings.cache_ttl_seconds,
     )
 
 

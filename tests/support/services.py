@@ -247,6 +247,13 @@ class PostgresServer:
         )
         return int(held) > 0
 
+    def restart(self) -> None:
+        """Stop (``fast``: every session is ended) and start again, on the same port and data."""
+        assert self.bin_dir is not None
+        pg_ctl = str(self.bin_dir / "pg_ctl")
+        log = str(self.root / "postgres.log")
+        self._run(pg_ctl, "-D", str(self.root / "data"), "-l", log, "-m", "fast", "-w", "-t", "60", "restart")
+
     def log(self) -> str:
         path = self.root / "postgres.log"
         return path.read_text(errors="replace") if path.exists() else ""

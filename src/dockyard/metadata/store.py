@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -41,6 +42,9 @@ from dockyard.registry.ports import (
     TagRecord,
     UploadSession,
 )
+
+if TYPE_CHECKING:
+    from dockyard.metadata.pgcache import CachedReads  # asyncpg: only with PostgreSQL
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -102,6 +106,35 @@ _TAGGED_MANIFEST = (
     .where(s.tags.c.repository == bindparam("repository"), s.tags.c.name == bindparam("tag"))
 )
 _UPLOAD = select(s.uploads).where(s.uploads.c.id == bindparam("id"))
+#: on PostgreSQL: name -> (cache key letter, the statement); the letters are migration 0007's
+_HOT_READS = {"size": ("b", _LINKED_SIZE), "manifest": ("m", _MANIFEST), "tag": ("t", _TAGGED_MANIFEST)}
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _changes_cached_facts(
+    method: Callable[Concatenate[SqlMetadataStore, _P], Coroutine[Any, Any, _T]],
+) -> Callable[Concatenate[SqlMetadataStore, _P], Coroutine[Any, Any, _T]]:
+    """The method changes tags, manifests or blob links of the repository it is given (of any,
+    when its first argument is not a repository name): this worker's cache forgets them then."""
+
+    @functools.wraps(method)
+    async def changing(self: SqlMetadataStore, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            repository = kwargs.get("repository", args[0] if args else None)
+            self._changed(repository if isinstance(repository, str) else None)
+
+    return changing  # type: ignore[return-value]  # functools.wraps keeps the signature
+
+
+def _linked(row: Any) -> tuple[int, float]:
+    return int(row[0]), float(row[1])
+
+
 _SAVE_UPLOAD = (
     update(s.uploads)
     .where(s.uploads.c.id == bindparam("session_id"))
@@ -272,9 +305,11 @@ class SqlMetadataStore(BrowsingQueries):
         connect_timeout: float = 5.0,
         statement_timeout: float = 30.0,
         clock: Callable[[], float] | None = None,
+        cache_ttl_seconds: float = 0.0,
     ) -> None:
         self.url = async_url(url)
         self._clock = clock or wall_clock()  # when rows were written: tags, links, repositories
+        self._cache_ttl = cache_ttl_seconds  # PostgreSQL: the per-worker read cache (0: none)
         self._is_sqlite = self.url.startswith("sqlite")
         self._migrate = migrate
         self._connect_timeout = connect_timeout  # PostgreSQL: connecting, or waiting for the pool
@@ -285,6 +320,7 @@ class SqlMetadataStore(BrowsingQueries):
         self._lock_dir: Path | None = None
         self._hot: _SqliteHotReads | None = None
         self._pg_locks: AdvisoryLocks | None = None  # cross-node locks on PostgreSQL
+        self._pg_reads: CachedReads | None = None  # the pull hot path on PostgreSQL
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -341,6 +377,10 @@ class SqlMetadataStore(BrowsingQueries):
             )
             self._read = self._write = GuardedEngine(engine)
             self._pg_locks = AdvisoryLocks(self.url, connect_timeout=self._connect_timeout)
+            from dockyard.metadata.pgcache import CachedReads
+
+            self._pg_reads = CachedReads(self.url, self._cache_ttl, _HOT_READS)
+            self._pg_reads.start()
 
     async def upgrade(self) -> None:
         """Migrate the schema to the newest revision. On PostgreSQL under an advisory lock held
@@ -401,9 +441,16 @@ class SqlMetadataStore(BrowsingQueries):
             self._hot.close()
         if self._pg_locks is not None:
             await self._pg_locks.close()
+        if self._pg_reads is not None:
+            await self._pg_reads.close()
         await self._read.dispose()
         if self._write is not self._read:
             await self._write.dispose()
+
+    def _changed(self, repository: str | None) -> None:
+        """After a commit that changed tags, manifests or links (of every repository: None)."""
+        if self._pg_reads is not None:
+            self._pg_reads.changed(repository)
 
     def _insert(self, table: Any) -> Any:
         return (sqlite.insert if self._is_sqlite else postgresql.insert)(table)
@@ -436,11 +483,17 @@ class SqlMetadataStore(BrowsingQueries):
                 "size", params, lambda row: (int(row[0]), float(row[1]))
             )
             return found
+        if self._pg_reads is not None:
+            found = await self._pg_reads.cached("size", params, _linked)
+            return found
         async with self._read.connect() as conn:
             row = (await conn.execute(_LINKED_SIZE, params)).first()
-        return None if row is None else (int(row[0]), float(row[1]))
+        return None if row is None else _linked(row)
 
     async def linked_blob_size(self, repository: str, digest: Digest) -> int | None:
+        if self._pg_reads is not None:  # pushes and mounts decide on this: never from a cache
+            row = await self._pg_reads.fetch("size", {"repository": repository, "digest": str(digest)})
+            return None if row is None else int(row[0])
         found = await self.linked_blob(repository, digest)
         return None if found is None else found[0]
 
@@ -464,6 +517,7 @@ class SqlMetadataStore(BrowsingQueries):
         async with self._read.connect() as conn:
             return list((await conn.execute(q)).scalars())
 
+    @_changes_cached_facts
     async def link_blob(self, repository: str, digest: Digest, size: int) -> None:
         now = self._clock()
         async with self._begin() as conn:
@@ -485,6 +539,7 @@ class SqlMetadataStore(BrowsingQueries):
                 )
             )
 
+    @_changes_cached_facts
     async def touch_link(self, repository: str, digest: Digest) -> None:
         link = s.repository_blobs
         async with self._begin() as conn:
@@ -494,6 +549,7 @@ class SqlMetadataStore(BrowsingQueries):
                 .values(created_at=self._clock())
             )
 
+    @_changes_cached_facts
     async def unlink_blob(self, repository: str, digest: Digest) -> bool:
         async with self._begin() as conn:
             result = await conn.execute(
@@ -528,6 +584,7 @@ class SqlMetadataStore(BrowsingQueries):
 
     # -- manifests and tags -----------------------------------------------------------------------
 
+    @_changes_cached_facts
     async def put_manifest(
         self,
         repository: str,
@@ -623,6 +680,9 @@ class SqlMetadataStore(BrowsingQueries):
         if self._hot is not None:
             record: ManifestRecord | None = self._hot.cached(name, params, _record)
             return record
+        if self._pg_reads is not None:
+            found: ManifestRecord | None = await self._pg_reads.cached(name, params, _record)
+            return found
         async with self._read.connect() as conn:
             row = (await conn.execute(statement, params)).first()
         return _record(row) if row else None
@@ -647,6 +707,7 @@ class SqlMetadataStore(BrowsingQueries):
             )
             return bool(result.rowcount)
 
+    @_changes_cached_facts
     async def delete_manifest(self, repository: str, digest: Digest) -> bool:
         async with self._begin() as conn:
             result = await conn.execute(
@@ -666,6 +727,7 @@ class SqlMetadataStore(BrowsingQueries):
             )
             return True
 
+    @_changes_cached_facts
     async def delete_tag(self, repository: str, tag: str) -> bool:
         async with self._begin() as conn:
             result = await conn.execute(
@@ -816,6 +878,7 @@ class SqlMetadataStore(BrowsingQueries):
         async with self._read.connect() as conn:
             return set((await conn.execute(select(s.uploads.c.id))).scalars())
 
+    @_changes_cached_facts
     async def forget_blob(self, digest: Digest) -> None:
         async with self._begin() as conn:
             # The record first: its row lock orders this after a concurrent link_blob, whose link
@@ -892,6 +955,7 @@ class SqlMetadataStore(BrowsingQueries):
             view.tagged = {Digest.parse(d) for d in tagged.scalars()}
         return view
 
+    @_changes_cached_facts
     async def gc_delete_manifests(
         self, repository: str, digests: Sequence[Digest], cutoff: float
     ) -> list[Digest]:
@@ -958,6 +1022,7 @@ class SqlMetadataStore(BrowsingQueries):
             .exists(),
         )
 
+    @_changes_cached_facts
     async def gc_unreferenced_links(self, repository: str, cutoff: float, delete_them: bool) -> list[Digest]:
         link = s.repository_blobs
         condition = self._unreferenced_links(repository, cutoff)
@@ -1000,6 +1065,7 @@ class SqlMetadataStore(BrowsingQueries):
             )
             return bool(result.rowcount)
 
+    @_changes_cached_facts
     async def delete_tag_if(self, repository: str, tag: str, digest: Digest) -> bool:
         async with self._begin() as conn:
             result = await conn.execute(
@@ -1021,6 +1087,7 @@ class SqlMetadataStore(BrowsingQueries):
             q = select(s.uploads.c.id).where(s.uploads.c.repository == repository)
             return list((await conn.execute(q)).scalars())
 
+    @_changes_cached_facts
     async def delete_repository(self, repository: str) -> bool:
         async with self._begin() as conn:
             for table in (s.tags, s.manifest_refs, s.manifests, s.repository_blobs, s.uploads):
