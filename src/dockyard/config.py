@@ -45,7 +45,7 @@ class TrustedIssuer(BaseModel):
 
 
 class AuthSettings(BaseModel):
-    """Access control (README "Access control"). ``mode``: none, basic, token or mtls."""
+    """Access control (docs/access-control.md). ``mode``: none, basic, token or mtls."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -91,7 +91,7 @@ class RetentionRule(BaseModel):
 
 
 class GcSettings(BaseModel):
-    """Garbage collection (README "Garbage collection")."""
+    """Garbage collection (docs/gc.md)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -105,7 +105,7 @@ class GcSettings(BaseModel):
 
 
 class S3Settings(BaseModel):
-    """The S3-compatible bucket blobs live in when ``storage: s3`` (README "Running several nodes")."""
+    """The S3-compatible bucket blobs live in when ``storage: s3`` (docs/scale-out.md)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -132,7 +132,7 @@ class S3Settings(BaseModel):
 
 
 class ProxySettings(BaseModel):
-    """Pull-through cache (README "Pull-through cache"): serve an upstream registry's content and
+    """Pull-through cache (docs/pull-through-cache.md): serve an upstream registry's content and
     keep what was fetched. Off while ``remote_url`` is unset; on, the registry takes no pushes."""
 
     model_config = ConfigDict(extra="forbid")
