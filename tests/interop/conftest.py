@@ -421,6 +421,7 @@ def ctr_cli(containerd: Containerd, repo: str) -> Ctr:
 # DOCKER_CONFIG, so the user's logins and contexts play no part.
 
 INSTALL_HINTS["docker"] = "apt-get install -y --no-install-recommends docker.io"
+INSTALL_HINTS["mmdebstrap"] = "apt-get install -y --no-install-recommends mmdebstrap"
 
 
 @dataclass(frozen=True)
