@@ -7,7 +7,7 @@ test pushes and pulls through the running image, stops it with ``docker stop`` (
 status 0), starts it again on the same volume and pulls again.
 
 It takes minutes (a Debian base, a build on vfs), so it runs only when asked:
-``DOCKYARD_TEST_IMAGE=1`` (``.ci/run`` sets it).
+``DOCKYARD_TEST_IMAGE=1`` (17 min on this shared machine at load 30; not in ``.ci/run`` yet).
 """
 
 from __future__ import annotations
