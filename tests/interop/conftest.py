@@ -509,10 +509,16 @@ class DockerDaemon:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=30)
+                self.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
+        # A dockerd that did not finish its cleanup leaves mounts (its network namespace) under
+        # its exec-root, which would keep the folder from being removed.
+        with open("/proc/mounts") as mounts:
+            points = [line.split()[1] for line in mounts if line.split()[1].startswith(f"{self.home}/")]
+        for point in sorted(points, reverse=True):
+            subprocess.run(["umount", "--lazy", point], capture_output=True, timeout=30)
 
 
 @pytest.fixture(scope="session")
