@@ -28,10 +28,10 @@ class AccessRule(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    repository: str
-    pull: list[str] = []
-    push: list[str] = []
-    delete: list[str] = []
+    repository: str = Field(description="repository name glob: * within a path component, ** across them")
+    pull: list[str] = Field([], description="subjects who may pull")
+    push: list[str] = Field([], description="subjects who may push")
+    delete: list[str] = Field([], description="subjects who may delete")
 
 
 class TrustedIssuer(BaseModel):
@@ -39,35 +39,41 @@ class TrustedIssuer(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    issuer: str
-    public_key: Path | None = None
-    jwks: Path | None = None
+    issuer: str = Field(description="the iss of the tokens it signs")
+    public_key: Path | None = Field(None, description="its public key (PEM)")
+    jwks: Path | None = Field(None, description="or its keys as a JWKS file")
 
 
 class AuthSettings(BaseModel):
-    """Access control (README "Access control"). ``mode``: none, basic, token or mtls."""
+    """Access control (docs/access-control.md). ``mode``: none, basic, token or mtls."""
 
     model_config = ConfigDict(extra="forbid")
 
-    mode: Literal["none", "basic", "token", "mtls"] = "none"
-    realm: str = "dockyard"
+    mode: Literal["none", "basic", "token", "mtls"] = Field(
+        "none", description="who may do what, and how clients prove it"
+    )
+    realm: str = Field("dockyard", description="the Basic realm")
     htpasswd: Path | None = Field(None, description="bcrypt htpasswd file; default <data_dir>/auth/htpasswd")
     admins: list[str] = Field(default_factory=list, description="users allowed every action everywhere")
-    groups: dict[str, list[str]] = Field(default_factory=dict)
+    groups: dict[str, list[str]] = Field(default_factory=dict, description="group name: its users")
     access: list[AccessRule] | None = Field(
         None, description="rules; none given: every authenticated user may do everything"
     )
     token_realm: str | None = Field(None, description="token endpoint URL; default <this server>/auth/token")
-    token_service: str = "dockyard"
-    token_issuer: str = "dockyard"
+    token_service: str = Field("dockyard", description="the aud of tokens (and the service clients ask for)")
+    token_issuer: str = Field("dockyard", description="the iss of tokens")
     token_key: Path | None = Field(
         None, description="signing key (PEM); default <data_dir>/auth/token-key.pem"
     )
-    token_algorithm: Literal["ES256", "RS256"] = "ES256"
-    token_ttl_seconds: int = Field(300, ge=60)
-    refresh_token_ttl_seconds: int = Field(30 * 24 * 3600, ge=60)
+    token_algorithm: Literal["ES256", "RS256"] = Field("ES256", description="the signing algorithm")
+    token_ttl_seconds: int = Field(300, ge=60, description="how long an access token works")
+    refresh_token_ttl_seconds: int = Field(
+        30 * 24 * 3600, ge=60, description="how long an OAuth2 refresh token works"
+    )
     issue_tokens: bool = Field(True, description="serve the built-in token endpoint at /auth/token")
-    trusted_issuers: list[TrustedIssuer] = Field(default_factory=list)
+    trusted_issuers: list[TrustedIssuer] = Field(
+        default_factory=list, description="external issuers whose tokens are accepted"
+    )
     max_failed_logins: int = Field(10, ge=1, description="per client address and per user, per minute")
 
 
@@ -78,14 +84,14 @@ class RetentionRule(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    repository: str
-    keep_last: int | None = Field(None, ge=0)
+    repository: str = Field(description="repository name glob: * within a path component, ** across them")
+    keep_last: int | None = Field(None, ge=0, description="keep the newest this many tags")
     keep_tags: list[str] = Field(default_factory=list, description="regular expressions, full match")
-    max_age_days: float | None = Field(None, gt=0)
+    max_age_days: float | None = Field(None, gt=0, description="drop only tags older than this")
 
 
 class GcSettings(BaseModel):
-    """Garbage collection (README "Garbage collection")."""
+    """Garbage collection (docs/gc.md)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -95,11 +101,11 @@ class GcSettings(BaseModel):
     referrers: Literal["follow-subject", "keep"] = Field(
         "follow-subject", description="referrers go with their subject, or are always kept"
     )
-    retention: list[RetentionRule] = Field(default_factory=list)
+    retention: list[RetentionRule] = Field(default_factory=list, description="which tags collections drop")
 
 
 class S3Settings(BaseModel):
-    """The S3-compatible bucket blobs live in when ``storage: s3`` (README "Running several nodes")."""
+    """The S3-compatible bucket blobs live in when ``storage: s3`` (docs/scale-out.md)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -108,7 +114,7 @@ class S3Settings(BaseModel):
     endpoint_url: str | None = Field(None, description="e.g. https://minio.internal:9000; AWS if unset")
     region: str | None = Field(None, description="the bucket's region; from the AWS config chain if unset")
     access_key_id: str | None = Field(None, description="with secret_access_key; else the AWS chain")
-    secret_access_key: SecretStr | None = None
+    secret_access_key: SecretStr | None = Field(None, description="the secret of access_key_id")
     addressing_style: Literal["auto", "path", "virtual"] = Field(
         "auto", description="path-style (bucket in the path) or virtual-host (bucket in the host name)"
     )
@@ -147,7 +153,7 @@ class S3Settings(BaseModel):
 
 
 class ProxySettings(BaseModel):
-    """Pull-through cache (README "Pull-through cache"): serve an upstream registry's content and
+    """Pull-through cache (docs/pull-through-cache.md): serve an upstream registry's content and
     keep what was fetched. Off while ``remote_url`` is unset; on, the registry takes no pushes."""
 
     model_config = ConfigDict(extra="forbid")
@@ -156,7 +162,7 @@ class ProxySettings(BaseModel):
         None, description="the upstream registry, e.g. https://registry-1.docker.io"
     )
     username: str | None = Field(None, description="credentials for the upstream (Basic or its token realm)")
-    password: SecretStr | None = None
+    password: SecretStr | None = Field(None, description="the upstream password")
     tag_ttl_seconds: float = Field(
         300.0, ge=0, description="trust a tag this long after the upstream confirmed it, then ask again"
     )
@@ -186,7 +192,12 @@ class Settings(BaseSettings):
 
     listen: str = Field("127.0.0.1:5000", description="HOST:PORT to listen on")
     data_dir: Path = Field(default_factory=default_data_dir, description="where blobs and metadata live")
-    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        le=256,
+        description="worker processes sharing one listening socket",
+    )
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the metadata store; default SQLite in data_dir"
     )
@@ -209,13 +220,17 @@ class Settings(BaseSettings):
     )
     storage: Literal["filesystem", "s3"] = Field("filesystem", description="where blobs live")
     s3: S3Settings = Field(default_factory=S3Settings)
-    delete_enabled: bool = True
-    manifest_max_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    index_requires_children: bool = True
-    upload_ttl_seconds: float = Field(24 * 3600.0, gt=0)
-    upload_purge_interval_seconds: float = Field(300.0, gt=0)
-    max_uploads_per_repository: int = Field(1000, ge=1)
-    max_page_size: int = Field(10_000, ge=1)
+    delete_enabled: bool = Field(True, description="allow DELETE of manifests, tags and blobs; off: 405")
+    manifest_max_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger manifests get 413")
+    index_requires_children: bool = Field(
+        True, description="an index whose child manifests are missing gets 400 MANIFEST_BLOB_UNKNOWN"
+    )
+    upload_ttl_seconds: float = Field(24 * 3600.0, gt=0, description="idle upload sessions expire after this")
+    upload_purge_interval_seconds: float = Field(300.0, gt=0, description="how often expired sessions go")
+    max_uploads_per_repository: int = Field(
+        1000, ge=1, description="open upload sessions per repository; more get 429 with Retry-After"
+    )
+    max_page_size: int = Field(10_000, ge=1, description="the most tags or repositories one page returns")
     idle_timeout_seconds: float = Field(
         75.0, gt=0, description="close a connection idle (or still sending its headers) this long"
     )
@@ -245,8 +260,8 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     gc: GcSettings = Field(default_factory=GcSettings)
     proxy: ProxySettings = Field(default_factory=ProxySettings)
-    log_level: str = "info"
-    access_log: bool = False
+    log_level: str = Field("info", description="debug, info, warning or error")
+    access_log: bool = Field(False, description="log every request")
 
     @field_validator("listen", "health_listen")
     @classmethod

@@ -160,6 +160,28 @@ def test_invalid_digest_on_manifest_endpoints_returns_400_digest_invalid(
     assert_error(r, 400, "DIGEST_INVALID")
 
 
+# Tags the spec's expression refuses: a leading dot or dash, a character outside it, 129 long.
+NEVER_TAGS = [".INVALID_MANIFEST_NAME", "-dash", "bad!tag", "t" * 129, "%C3%A9"]
+
+
+@pytest.mark.parametrize("reference", NEVER_TAGS)
+def test_a_reference_that_cannot_be_a_tag_is_unknown_on_reads_and_deletes_and_invalid_on_a_push(
+    client: httpx.Client, repo: str, reference: str
+) -> None:
+    # spec: "If the manifest is not found in the repository, the response code MUST be 404";
+    # the release conformance suite GETs and HEADs `.INVALID_MANIFEST_NAME` and wants 404.
+    image = push_image(client, repo, "v1")
+    url = f"/v2/{repo}/manifests/{reference}"
+    assert_error(client.get(url), 404, "MANIFEST_UNKNOWN")
+    head = client.head(url)
+    assert head.status_code == 404 and head.content == b""
+    assert_error(client.delete(url), 404, "MANIFEST_UNKNOWN")
+    assert_error(client.get(f"/v2/{repo}-none/manifests/{reference}"), 404, "MANIFEST_UNKNOWN")
+    put = client.put(url, content=image.manifest, headers={"Content-Type": OCI_MANIFEST})
+    assert_error(put, 400, "MANIFEST_INVALID")
+    assert client.get(f"/v2/{repo}/tags/list").json()["tags"] == ["v1"]
+
+
 @pytest.mark.parametrize("n", ["-1", "x", ""])
 def test_bad_n_on_tags_list_returns_400_or_is_ignored_never_500(
     client: httpx.Client, repo: str, n: str

@@ -411,3 +411,134 @@ def containerd(ctr: str) -> Iterator[Containerd]:
 def ctr_cli(containerd: Containerd, repo: str) -> Ctr:
     """``ctr`` on the session's containerd, in a namespace named after the test's repository."""
     return containerd.ctr(namespace=repo.replace("/", "-"))
+
+
+# -- docker ------------------------------------------------------------------------------------
+#
+# The Debian ``docker.io`` engine, started rootful by the session on state of its own: data-root,
+# exec-root, socket and pid file in a temporary folder, no iptables, no bridge (nothing touches
+# the machine's network), the vfs storage driver (no overlay mounts). The CLI gets an empty
+# DOCKER_CONFIG, so the user's logins and contexts play no part.
+
+INSTALL_HINTS["docker"] = "apt-get install -y --no-install-recommends docker.io"
+INSTALL_HINTS["mmdebstrap"] = "apt-get install -y --no-install-recommends mmdebstrap"
+
+
+@dataclass(frozen=True)
+class DockerCli:
+    """``docker -H unix://<socket>`` with a configuration folder of its own."""
+
+    binary: str
+    socket: Path
+    config: Path
+    timeout: float = 180.0
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [self.binary, "-H", f"unix://{self.socket}", *args]
+        return run_client(cmd, {**os.environ, "DOCKER_CONFIG": str(self.config)}, self.timeout, check)
+
+    def push(self, reference: str) -> str:
+        """``docker push``; returns the manifest digest docker reports (``<tag>: digest: sha256:…``)."""
+        out = self.run("push", reference).stdout
+        for line in out.splitlines():
+            if ": digest: " in line:
+                return line.split(": digest: ", 1)[1].split()[0]
+        raise ClientError(f"docker push {reference} printed no digest:\n{out}")
+
+    def inspect_image(self, reference: str) -> dict[str, Any]:
+        """``docker image inspect``: ``Id``, ``RepoDigests``, ``Architecture``, ``RootFS``..."""
+        return dict(json.loads(self.run("image", "inspect", reference).stdout)[0])
+
+    def remove_all_images(self) -> None:
+        ids = self.run("images", "--all", "--quiet").stdout.split()
+        if ids:
+            self.run("rmi", "--force", *dict.fromkeys(ids))
+
+
+@dataclass
+class DockerDaemon:
+    """A ``dockerd`` of the session, with ``--insecure-registry`` for the registries it is given."""
+
+    binary: str
+    cli_binary: str
+    home: Path
+    insecure: tuple[str, ...]
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.home / "docker.sock"
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / "dockerd.log"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def cli(self) -> DockerCli:
+        config = self.home / "cli-config"
+        config.mkdir(exist_ok=True)
+        return DockerCli(binary=self.cli_binary, socket=self.socket, config=config)
+
+    def start(self, timeout: float = 60.0) -> DockerDaemon:
+        (self.home / "exec").mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        cmd = [
+            self.binary,
+            "--data-root", str(self.home / "data"),
+            "--exec-root", str(self.home / "exec"),
+            "--host", f"unix://{self.socket}",
+            "--pidfile", str(self.home / "dockerd.pid"),
+            "--iptables=false", "--ip6tables=false", "--bridge=none",
+            "--storage-driver=vfs",
+            *(f"--insecure-registry={host}" for host in self.insecure),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        cli = self.cli()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"dockerd exited early:\n{self.log()}")
+            if self.socket.exists() and cli.run("version", check=False).returncode == 0:
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"dockerd did not answer on {self.socket} in {timeout}s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        # A dockerd that did not finish its cleanup leaves mounts (its network namespace) under
+        # its exec-root, which would keep the folder from being removed.
+        with open("/proc/mounts") as mounts:
+            points = [line.split()[1] for line in mounts if line.split()[1].startswith(f"{self.home}/")]
+        for point in sorted(points, reverse=True):
+            subprocess.run(["umount", "--lazy", point], capture_output=True, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def dockerd(registry_server: DockyardServer) -> Iterator[DockerDaemon]:
+    """One ``dockerd`` for the session (it takes seconds to start), stopped at the end."""
+    binary = client_binary("dockerd", "docker")
+    cli_binary = client_binary("docker", "docker")
+    # A unix socket path must stay under 108 bytes, which a deep pytest basetemp may exceed.
+    home = Path(tempfile.mkdtemp(prefix="dockyard-docker-"))
+    daemon = DockerDaemon(binary=binary, cli_binary=cli_binary, home=home, insecure=(registry_server.host,))
+    try:
+        yield daemon.start()
+    finally:
+        daemon.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def docker_cli(dockerd: DockerDaemon) -> Iterator[DockerCli]:
+    """``docker`` on the session's daemon; the images a test leaves behind are removed after it."""
+    cli = dockerd.cli()
+    yield cli
+    cli.remove_all_images()

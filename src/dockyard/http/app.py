@@ -57,7 +57,7 @@ ROUTES: list[tuple[str, str, Handler, str | None]] = [
     ("HEAD", "/health/ready", health.ready, "public"),
 ]
 
-# The pages for people browsing (README "Browsing"), under the API's access rules: the list is
+# The pages for people browsing (docs/browsing.md), under the API's access rules: the list is
 # the catalog, filtered the same way; a repository's pages need pull on it. Only with ``ui``.
 # A manifest page's URL is tried first: a repository page's ``name`` would swallow it.
 BROWSE_ROUTES: list[tuple[str, str, Handler, str | None]] = [

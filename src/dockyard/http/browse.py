@@ -1,4 +1,4 @@
-"""Pages for people: what the registry stores, browsable in any browser (README "Browsing").
+"""Pages for people: what the registry stores, browsable in any browser (docs/browsing.md).
 
 Server-rendered HTML with inline CSS and no scripts. The pages ask the core what the API asks
 it, under the same access rules (the app's route table), and render the answer.

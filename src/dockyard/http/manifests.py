@@ -10,7 +10,8 @@ from dockyard.registry.names import Reference
 
 
 def _reference(request: web.Request) -> Reference:
-    return Reference.parse(request.match_info["reference"])
+    """The reference of a read or delete (one that can never exist is unknown, not invalid)."""
+    return Reference.lookup(request.match_info["reference"])
 
 
 async def get_manifest(request: web.Request) -> web.Response:
@@ -47,7 +48,7 @@ async def _read_manifest_body(request: web.Request, limit: int) -> bytes:
 
 async def put_manifest(request: web.Request) -> web.Response:
     name = repository(request)
-    reference = _reference(request)
+    reference = Reference.parse(request.match_info["reference"])
     core = registry(request)
     body = await _read_manifest_body(request, core.policy.manifest_max_bytes)
     pushed = await core.put_manifest(

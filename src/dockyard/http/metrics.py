@@ -1,4 +1,4 @@
-"""Per-request metrics (README "Metrics"): counts, durations and bytes by route, summed over workers.
+"""Per-request metrics (docs/reference/metrics.md): counts, durations and bytes by route, summed over workers.
 
 ``prometheus_client`` picks how it stores values (in this process, or in files that all workers
 share) when it is first imported, from ``PROMETHEUS_MULTIPROC_DIR``. So this module imports it

@@ -213,7 +213,7 @@ def serve(settings: Settings) -> None:
     if settings.auth.mode == "none" and not is_loopback(settings.host):
         log.warning(
             "listening on %s WITHOUT access control: anyone who can reach it may push and delete "
-            "(set auth.mode, see README 'Access control and TLS')",
+            "(set auth.mode, see docs/access-control.md)",
             settings.host,
         )
     if settings.workers == 1:

@@ -45,5 +45,14 @@ class Reference:
             return cls(digest=Digest.parse(text))  # DIGEST_INVALID when malformed
         return cls(tag=parse_tag(text))
 
+    @classmethod
+    def lookup(cls, text: str) -> Reference:
+        """A reference to read or delete by. A name that cannot be a tag can never have been
+        pushed, so it names an unknown manifest (404), not a bad request: only a push is told
+        its tag is invalid. A malformed digest stays ``DIGEST_INVALID``."""
+        if not Digest.is_digest(text) and not is_tag(text):
+            raise errors.RegistryError(errors.MANIFEST_UNKNOWN, detail={"reference": text[:140]})
+        return cls.parse(text)
+
     def __str__(self) -> str:
         return str(self.digest) if self.digest else str(self.tag)

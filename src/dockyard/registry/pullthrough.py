@@ -1,5 +1,5 @@
 """A pull-through cache: a registry that serves another registry's content and keeps what it
-fetched (README "Pull-through cache").
+fetched (docs/pull-through-cache.md).
 
 The rules, over the ``Upstream`` port: a tag is trusted for ``tag_ttl_seconds`` after the
 upstream last confirmed it, then asked again (a HEAD, so an unchanged tag costs no download); a
