@@ -5,19 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
 from dockyard.config import Settings
 from dockyard.gc import collect
 from dockyard.http import auth, blobs, browse, discovery, manifests, uploads
-from dockyard.http.common import BODY_TIMEOUT, REGISTRY, continue_middleware, defer_continue
+from dockyard.http.common import BODY_TIMEOUT, EVENT_FIGURES, REGISTRY, continue_middleware, defer_continue
 from dockyard.http.errors import API_VERSION_HEADER, Handler, error_middleware
 from dockyard.http.metrics import REQUEST_METRICS, RequestMetrics
+from dockyard.metadata.store import SqlMetadataStore
 from dockyard.registry.pullthrough import PullThroughRegistry
 from dockyard.registry.service import Registry
-from dockyard.wiring import build_registry
+from dockyard.wiring import build_deliverer, build_registry
 
 log = logging.getLogger("dockyard")
 
@@ -84,6 +86,23 @@ async def _purge_loop(core: Registry, interval: float) -> None:
             log.exception("purging stale upload sessions failed")
 
 
+def _event_figures(
+    meta: SqlMetadataStore, settings: Settings
+) -> Callable[[], Awaitable[dict[str, dict[str, float]]]]:
+    """Per configured sink and replication rule (and any other the queue still holds)."""
+    names = [s.name for s in settings.events.sinks] + [
+        f"replication.{r.name}" for r in settings.replication.rules
+    ]
+
+    async def figures() -> dict[str, dict[str, float]]:
+        found = await meta.event_log().sink_figures(time.time())
+        for name in names:
+            found.setdefault(name, {})
+        return found
+
+    return figures
+
+
 def create_app(settings: Settings) -> web.Application:
     """A dockyard application for ``settings``; nothing global, so tests can build many."""
     route_names: dict[web.AbstractRoute, str] = {}  # filled below, once every route is added
@@ -108,6 +127,8 @@ def create_app(settings: Settings) -> web.Application:
     core = build_registry(settings)
     app[REGISTRY] = core
     app[BODY_TIMEOUT] = settings.body_timeout_seconds
+    if settings.events_enabled and isinstance(core.meta, SqlMetadataStore):
+        app[EVENT_FIGURES] = _event_figures(core.meta, settings)
     auth.install(app, settings)
     for route in app.router.routes():
         # A metrics label: the handler's name, never the path (it holds repository names).
@@ -117,6 +138,10 @@ def create_app(settings: Settings) -> web.Application:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await core.meta.open()
         tasks = [asyncio.create_task(_purge_loop(core, settings.upload_purge_interval_seconds))]
+        if isinstance(core.meta, SqlMetadataStore):
+            deliverer = build_deliverer(settings, core.meta)
+            if deliverer is not None:
+                tasks.append(asyncio.create_task(deliverer.run()))
         if settings.gc.interval_seconds > 0:
             tasks.append(asyncio.create_task(_gc_loop(core, settings)))
         yield
