@@ -32,6 +32,7 @@ class Receiver:
     def __init__(self) -> None:
         self.port = free_port()
         self.status = 204
+        self.delay = 0.0  # seconds to wait before answering
         self.received: list[Received] = []
         self.attempts = 0
         self._lock = threading.Lock()
@@ -46,6 +47,8 @@ class Receiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        if self.delay:
+            await asyncio.sleep(self.delay)
         with self._lock:
             self.attempts += 1
             status = self.status
