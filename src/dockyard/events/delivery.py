@@ -103,8 +103,10 @@ class Deliverer:
                             pass
             except Exception:  # the database is down, say: try again at the next poll
                 log.exception("delivering events to %s failed; trying again", target.name)
+            # (not wait_for: on Python 3.11 it can swallow a cancellation that races the timeout)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wakeup.wait(), self._settings.poll_seconds)
+                async with asyncio.timeout(self._settings.poll_seconds):
+                    await wakeup.wait()
             if wakeup.is_set():
                 wakeup.clear()
                 await asyncio.sleep(0.05)  # let the transaction that woke us commit
