@@ -261,16 +261,56 @@ class ReplicationRule(BaseModel):
         return value
 
 
+class SyncRule(BaseModel):
+    """Pull repositories from an upstream registry on a schedule (docs/events.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    url: str = Field(description="the upstream registry, e.g. https://registry.example.com")
+    repositories: list[str] = Field(min_length=1, description="repository names on the upstream")
+    tags: str = Field(".*", description="regular expression (full match) for the tags to pull")
+    prefix: str = Field("", description="put copies under this prefix here (e.g. upstream/)")
+    interval_seconds: float = Field(300.0, gt=0, description="how often to look for new or moved tags")
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_cert: Path | None = None
+    insecure_tls: bool = False
+    referrers: bool = True
+    timeout_seconds: float = Field(60.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("a sync upstream's url must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("tags")
+    @classmethod
+    def _check_tags(cls, value: str) -> str:
+        import re
+
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"sync tags: not a regular expression: {exc}") from exc
+        return value
+
+
 class ReplicationSettings(BaseModel):
     """Where to copy pushed images (README "Replication"); the source is this registry itself."""
 
     model_config = ConfigDict(extra="forbid")
 
     rules: list[ReplicationRule] = Field(default_factory=list)
+    sync: list[SyncRule] = Field(default_factory=list)
     source_url: str | None = Field(
         None, description="how the copier reaches this registry; default http(s)://<listen>"
     )
-    source_username: str | None = Field(None, description="credentials to pull from this registry")
+    source_username: str | None = Field(
+        None, description="credentials to pull from this registry (rules) and push to it (sync)"
+    )
     source_password: SecretStr | None = None
 
 
@@ -352,6 +392,7 @@ class Settings(BaseSettings):
         names = [s.name for s in self.events.sinks] + [
             f"replication.{r.name}" for r in self.replication.rules
         ]
+        names += [f"sync.{r.name}" for r in self.replication.sync]
         if len(set(names)) != len(names):
             raise ValueError("event sink and replication rule names must be unique")
         return self

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from dockyard.auth.access import matches
 from dockyard.config import Settings
@@ -145,3 +146,17 @@ def build_deliverer(settings: Settings, meta: SqlMetadataStore) -> Deliverer | N
     if meta.outbox is not None:
         meta.outbox.on_write = deliverer.wake
     return deliverer
+
+
+def build_background(settings: Settings, meta: SqlMetadataStore) -> list[Coroutine[Any, Any, None]]:
+    """What runs beside the server for events and replication: the delivery loop, the syncs."""
+    from dockyard.events.sync import Syncer
+
+    jobs: list[Coroutine[Any, Any, None]] = []
+    deliverer = build_deliverer(settings, meta)
+    if deliverer is not None:
+        jobs.append(deliverer.run())
+    source_url = settings.replication.source_url or settings.local_url
+    for rule in settings.replication.sync:
+        jobs.append(Syncer(rule, settings.replication, source_url, meta, meta.event_log()).run())
+    return jobs

@@ -101,7 +101,7 @@ def test_a_push_to_a_appears_on_b_with_its_referrers_and_only_what_the_rule_want
         assert c.delete("/v2/app/web/manifests/v1").status_code == 202
     wait_until(lambda: manifest_digest(b, "app/web", "v1") is None)
     status = json.loads(dockyard_cli(a, "replication", "status", "--json"))
-    assert [(s["rule"], s["pending"], s["dead"]) for s in status] == [("b", 0, 0)]
+    assert [(s["rule"], s["pending"], s["dead"]) for s in status] == [("replication.b", 0, 0)]
     assert status[0]["copied"] >= 4 and status[0]["last_success"] is not None
 
 
@@ -144,3 +144,36 @@ def test_a_copy_cut_mid_layer_resumes_instead_of_starting_over(
         assert proxy.upstream < 1.4 * len(layer)
     finally:
         proxy.stop()
+
+
+def test_a_scheduled_sync_pulls_new_and_moved_tags_from_an_upstream(
+    configured_server: Callable[..., DockyardServer],
+) -> None:
+    upstream = configured_server()
+    with api_client(upstream.url) as c:
+        first = push_image(c, "lib/base", "1.0", seed="first")
+        push_image(c, "lib/base", "nightly", seed="nightly")  # the rule's tags do not want it
+    here = configured_server(
+        replication={
+            "sync": [
+                {
+                    "name": "up",
+                    "url": upstream.url,
+                    "repositories": ["lib/base", "lib/absent"],
+                    "tags": "[0-9.]+",
+                    "prefix": "mirror/",
+                    "interval_seconds": 1,
+                }
+            ]
+        }
+    )
+    assert wait_for_manifest(here, "mirror/lib/base", "1.0") == first.digest
+    with api_client(upstream.url) as c:
+        second = push_image(c, "lib/base", "2.0", seed="second")
+        moved = push_image(c, "lib/base", "1.0", seed="moved")  # the tag moves upstream
+    assert wait_for_manifest(here, "mirror/lib/base", "2.0") == second.digest
+    wait_until(lambda: manifest_digest(here, "mirror/lib/base", "1.0") == moved.digest)
+    assert manifest_digest(here, "mirror/lib/base", "nightly") is None
+    assert (metric(here, "dockyard_events_delivered_total", "sync.up") or 0) >= 3
+    status = json.loads(dockyard_cli(here, "replication", "status", "--json"))
+    assert [(s["rule"], s["last_error"]) for s in status] == [("sync.up", None)]

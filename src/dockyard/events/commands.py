@@ -126,20 +126,22 @@ def replication_status(data_dir: Path | None, config_file: Path | None, as_json:
     """Per rule: pending copies, lag (the oldest pending), last success, failures, last error."""
     from dockyard.cli import _settings
     from dockyard.events.replication import PREFIX
+    from dockyard.events.sync import PREFIX as SYNC
 
     settings = _settings(config_file, data_dir)
     names = [PREFIX + r.name for r in settings.replication.rules]
+    names += [SYNC + r.name for r in settings.replication.sync]
 
     async def work(log: EventLog) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
         return await log.sink_figures(time.time()), await log.last_errors()
 
     figures, errors = _with_log(config_file, data_dir, work)
     rows: list[dict[str, Any]] = []
-    for name in names + sorted(n for n in figures if n.startswith(PREFIX) and n not in names):
+    for name in names + sorted(n for n in figures if n.startswith((PREFIX, SYNC)) and n not in names):
         f = figures.get(name, {})
         rows.append(
             {
-                "rule": name.removeprefix(PREFIX),
+                "rule": name,
                 "configured": name in names,
                 "pending": int(f.get(PENDING, 0)),
                 "lag_seconds": round(f.get("oldest_pending_age", 0.0), 3),

@@ -19,7 +19,7 @@ from dockyard.http.metrics import REQUEST_METRICS, RequestMetrics
 from dockyard.metadata.store import SqlMetadataStore
 from dockyard.registry.pullthrough import PullThroughRegistry
 from dockyard.registry.service import Registry
-from dockyard.wiring import build_deliverer, build_registry
+from dockyard.wiring import build_background, build_registry
 
 log = logging.getLogger("dockyard")
 
@@ -93,6 +93,7 @@ def _event_figures(
     names = [s.name for s in settings.events.sinks] + [
         f"replication.{r.name}" for r in settings.replication.rules
     ]
+    names += [f"sync.{r.name}" for r in settings.replication.sync]
 
     async def figures() -> dict[str, dict[str, float]]:
         found = await meta.event_log().sink_figures(time.time())
@@ -127,7 +128,7 @@ def create_app(settings: Settings) -> web.Application:
     core = build_registry(settings)
     app[REGISTRY] = core
     app[BODY_TIMEOUT] = settings.body_timeout_seconds
-    if settings.events_enabled and isinstance(core.meta, SqlMetadataStore):
+    if (settings.events_enabled or settings.replication.sync) and isinstance(core.meta, SqlMetadataStore):
         app[EVENT_FIGURES] = _event_figures(core.meta, settings)
     auth.install(app, settings)
     for route in app.router.routes():
@@ -139,9 +140,7 @@ def create_app(settings: Settings) -> web.Application:
         await core.meta.open()
         tasks = [asyncio.create_task(_purge_loop(core, settings.upload_purge_interval_seconds))]
         if isinstance(core.meta, SqlMetadataStore):
-            deliverer = build_deliverer(settings, core.meta)
-            if deliverer is not None:
-                tasks.append(asyncio.create_task(deliverer.run()))
+            tasks += [asyncio.create_task(job) for job in build_background(settings, core.meta)]
         if settings.gc.interval_seconds > 0:
             tasks.append(asyncio.create_task(_gc_loop(core, settings)))
         yield

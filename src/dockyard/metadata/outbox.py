@@ -287,6 +287,30 @@ class EventLog:
             )
         )
 
+    async def record_run(self, name: str, copied: int, error: str | None, now: float) -> None:
+        """A scheduled sync's outcome, counted like deliveries (copied tags, failed runs)."""
+        async with self._begin() as conn:
+            if error is None:
+                await self._count(conn, name, delivered=copied, last_success_at=now, last_error=None)
+            else:
+                await self._count(
+                    conn, name, delivered=copied, failed=1, last_failure_at=now, last_error=error[:2000]
+                )
+
+    async def last_run(self, name: str) -> float | None:
+        """When a scheduled sync last finished, on any node."""
+        st = s.event_sink_stats
+        async with self._read.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(st.c.last_success_at, st.c.last_failure_at).where(st.c.sink == name)
+                )
+            ).first()
+        if row is None:
+            return None
+        times = [float(x) for x in row if x is not None]
+        return max(times) if times else None
+
     async def list(
         self,
         sink: str | None = None,
