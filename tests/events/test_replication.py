@@ -102,6 +102,8 @@ def test_a_push_to_a_appears_on_b_with_its_referrers_and_only_what_the_rule_want
     wait_until(lambda: manifest_digest(b, "app/web", "v1") is None)
     status = json.loads(dockyard_cli(a, "replication", "status", "--json"))
     assert [(s["rule"], s["pending"], s["dead"]) for s in status] == [("replication.b", 0, 0)]
+    page = httpx.get(f"{a.url}/ui/replication", timeout=30)
+    assert page.status_code == 200 and "<td>replication.b</td>" in page.text
     assert status[0]["copied"] >= 4 and status[0]["last_success"] is not None
 
 

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from dockyard.config import Settings
 from dockyard.gc import collect
-from dockyard.http import auth, blobs, browse, discovery, manifests, uploads
+from dockyard.http import auth, blobs, browse, discovery, manifests, replication_page, uploads
 from dockyard.http.common import BODY_TIMEOUT, EVENT_FIGURES, REGISTRY, continue_middleware, defer_continue
 from dockyard.http.errors import API_VERSION_HEADER, Handler, error_middleware
 from dockyard.http.metrics import REQUEST_METRICS, RequestMetrics
@@ -61,6 +61,7 @@ BROWSE_ROUTES: list[tuple[str, str, Handler, str | None]] = [
     ("GET", "/ui/", browse.list_repositories, "catalog"),
     ("GET", f"/ui/r/{NAME}/manifests/{{reference}}", browse.show_manifest, "pull"),
     ("GET", f"/ui/r/{NAME}", browse.show_repository, "pull"),
+    ("GET", "/ui/replication", replication_page.show_replication, "metrics"),
     ("GET", "/ui/{rest:.*}", browse.not_found, "public"),
 ]
 
