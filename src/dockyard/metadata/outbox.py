@@ -220,14 +220,20 @@ class EventLog:
         self._insert = insert
 
     async def due_repositories(self, sink: str, now: float, limit: int = 1000) -> list[str]:
-        """Repositories with a delivery to ``sink`` pending and due (the head of each
-        repository's queue decides: ``pending_run`` stops at a head that is not due yet)."""
+        """Repositories whose oldest pending delivery to ``sink`` is due (a repository's later
+        events wait behind its head, whatever their own times)."""
         d = s.event_deliveries
+        heads = (
+            select(func.min(d.c.seq).label("seq"))
+            .where(d.c.sink == sink, d.c.state == PENDING)
+            .group_by(d.c.repository)
+            .subquery()
+        )
         q = (
             select(d.c.repository)
-            .where(d.c.sink == sink, d.c.state == PENDING, d.c.next_attempt_at <= now)
-            .group_by(d.c.repository)
-            .order_by(func.min(d.c.seq))
+            .join(heads, heads.c.seq == d.c.seq)
+            .where(d.c.sink == sink, d.c.next_attempt_at <= now)
+            .order_by(d.c.seq)
             .limit(limit)
         )
         async with self._read.connect() as conn:
