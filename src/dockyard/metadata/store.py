@@ -612,8 +612,9 @@ class SqlMetadataStore:
                 .where(s.tags.c.repository == repository, s.tags.c.digest == str(digest))
                 .returning(s.tags.c.name)
             )
+            tags = list(untagged.scalars())  # (read whole: a cursor left open may hold the statement)
             if self.outbox is not None:
-                await self.outbox.manifest_deleted(conn, repository, str(digest), list(untagged.scalars()))
+                await self.outbox.manifest_deleted(conn, repository, str(digest), tags)
             await conn.execute(
                 delete(s.manifest_refs).where(
                     s.manifest_refs.c.repository == repository, s.manifest_refs.c.manifest == str(digest)
