@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.clock import MovableClock
 from tests.support.server import DockyardServer
 from tests.support.services import (
     TEST_BACKEND,
@@ -101,3 +102,9 @@ def client(registry_server: DockyardServer) -> Iterator[httpx.Client]:
 def repo() -> str:
     """A fresh repository name for one test."""
     return f"test/{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def clock(tmp_path: Path) -> MovableClock:
+    """A wall clock the test moves forward: pass ``clock.env`` to the servers that should follow it."""
+    return MovableClock(tmp_path / "clock")

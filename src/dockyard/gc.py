@@ -110,13 +110,13 @@ def tags_to_drop(
 
 async def collect(core: Registry, settings: GcSettings, dry_run: bool = False) -> GcReport:
     """One collection. With ``dry_run`` it only reports what it would delete."""
-    report = GcReport(dry_run=dry_run, started_at=time.time())
+    report = GcReport(dry_run=dry_run, started_at=core.now())
     async with core.meta.try_lock("gc") as locked:
         if not locked:
             report.skipped = "another collection is running"
             return report
         begun = time.monotonic()
-        cutoff = time.time() - settings.grace_seconds
+        cutoff = core.now() - settings.grace_seconds
         last: str | None = None
         while True:
             names = await core.meta.list_repositories(500, last)
@@ -159,7 +159,7 @@ async def _collect_repository(
 ) -> None:
     meta = core.meta
     tags = await meta.list_tag_records(name) if settings.retention else []
-    dropped = tags_to_drop(settings.retention, name, tags, time.time())
+    dropped = tags_to_drop(settings.retention, name, tags, core.now())
     for tag, digest in dropped:
         if dry_run or await meta.delete_tag_if(name, tag, digest):
             report.tags.append(f"{name}:{tag}")

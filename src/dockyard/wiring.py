@@ -6,6 +6,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from dockyard.auth.access import matches
+from dockyard.clock import wall_clock
 from dockyard.config import Settings
 from dockyard.metadata.outbox import Destination, Outbox
 from dockyard.metadata.store import SqlMetadataStore
@@ -126,7 +127,7 @@ def build_outbox(settings: Settings) -> Outbox:
         _destination(PREFIX + rule.name, *rule_wants(rule)) for rule in settings.replication.rules
     ]
     source = settings.events.source or settings.local_url
-    return Outbox(source, destinations, manifest_pulls=settings.events.manifest_pulls)
+    return Outbox(source, destinations, manifest_pulls=settings.events.manifest_pulls, clock=wall_clock())
 
 
 def build_deliverer(settings: Settings, meta: SqlMetadataStore) -> Deliverer | None:
@@ -142,7 +143,7 @@ def build_deliverer(settings: Settings, meta: SqlMetadataStore) -> Deliverer | N
     ]
     if not targets or not settings.events_enabled:
         return None
-    deliverer = Deliverer(meta, meta.event_log(), targets, settings.events)
+    deliverer = Deliverer(meta, meta.event_log(), targets, settings.events, clock=wall_clock())
     if meta.outbox is not None:
         meta.outbox.on_write = deliverer.wake
     return deliverer
@@ -158,5 +159,6 @@ def build_background(settings: Settings, meta: SqlMetadataStore) -> list[Corouti
         jobs.append(deliverer.run())
     source_url = settings.replication.source_url or settings.local_url
     for rule in settings.replication.sync:
-        jobs.append(Syncer(rule, settings.replication, source_url, meta, meta.event_log()).run())
+        syncer = Syncer(rule, settings.replication, source_url, meta, meta.event_log(), clock=wall_clock())
+        jobs.append(syncer.run())
     return jobs

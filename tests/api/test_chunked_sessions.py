@@ -244,7 +244,7 @@ def _continue_until_accepted(client: httpx.Client, location: str, data: bytes, l
     The server may still be finishing the dropped request; it then answers 416 with where the
     session stands, and the client asks again.
     """
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60
     while True:
         offset = session_offset(client, location)
         assert offset <= limit, f"session claims {offset} bytes, only {limit} were sent"
@@ -327,7 +327,7 @@ def test_second_writer_while_a_patch_streams_gets_416_with_session_headers(
     with socket.create_connection(("127.0.0.1", registry_server.port), timeout=10) as sock:
         sock.sendall(head + data[:200_000])
         # Wait until the streaming PATCH holds the session's writer lock.
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while not session_writer_active(registry_server, uuid):
             assert time.monotonic() < deadline, "the streaming PATCH never took the session"
             time.sleep(0.02)

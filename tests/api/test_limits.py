@@ -59,8 +59,8 @@ def test_headers_sent_forever_are_cut_off_at_the_idle_timeout(
     for _ in range(3):  # a header byte now and then, never the end of the headers
         slow.sendall(b"X")
         time.sleep(0.3)
-    closed, _ = _closed_within(slow, 5)
-    assert closed and time.monotonic() - started < 5
+    closed, _ = _closed_within(slow, 60)  # cut at the 1 s idle timeout; 60 s: never, on any machine
+    assert closed and time.monotonic() - started < 60
     assert httpx.get(f"{server.url}/v2/").status_code == 200
 
 
@@ -78,7 +78,7 @@ def test_stalled_body_gets_408_and_the_session_keeps_what_arrived(
         )
         # While that body stalls, the registry serves everyone else.
         assert client.get("/v2/").status_code == 200
-        _, answer = _closed_within(sock, 5)
+        _, answer = _closed_within(sock, 60)
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
         status = client.get(location)
         assert status.status_code == 204

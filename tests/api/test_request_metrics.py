@@ -161,7 +161,10 @@ def test_a_dead_workers_requests_stay_counted_after_it_is_replaced(start_server:
     for _ in range(10):
         with httpx.Client(base_url=server.url, timeout=30.0) as c:
             assert c.get("/v2/").status_code == 200
-    time.sleep(1.5)  # each worker publishes its in-flight count once a second
+    deadline = time.monotonic() + 60  # each worker publishes its in-flight count once a second
+    while value(scrape(server)[1], "dockyard_http_requests_in_flight") != 1:
+        assert time.monotonic() < deadline, "the in-flight gauge never settled at the scrape itself"
+        time.sleep(0.2)
     for _ in range(SCRAPES):
         _, samples = scrape(server)
         total = requests(samples, "GET", "api_version", 200) - requests(before, "GET", "api_version", 200)

@@ -18,6 +18,7 @@ from tests.support.api_helpers import (
     open_session,
     session_offset,
 )
+from tests.support.clock import MovableClock
 from tests.support.server import DockyardServer
 from tests.support.staging import staged_past, staging_exists
 
@@ -93,10 +94,16 @@ def test_session_requests_over_fresh_connections_work_on_any_of_two_workers(
             assert digest_of(got.content) == digest
 
 
-def test_idle_upload_session_expires_and_its_staging_is_removed(start_server: StartServer) -> None:
+def test_idle_upload_session_expires_and_its_staging_is_removed(
+    start_server: StartServer, clock: MovableClock
+) -> None:
     server = start_server(
         workers=1,
-        env={"DOCKYARD_UPLOAD_TTL_SECONDS": "1", "DOCKYARD_UPLOAD_PURGE_INTERVAL_SECONDS": "0.5"},
+        env={
+            "DOCKYARD_UPLOAD_TTL_SECONDS": "600",
+            "DOCKYARD_UPLOAD_PURGE_INTERVAL_SECONDS": "0.5",
+            **clock.env,
+        },
     )
     repo = "expiry/blob"
     with api_client(server.url) as client:
@@ -104,24 +111,34 @@ def test_idle_upload_session_expires_and_its_staging_is_removed(start_server: St
         uuid = location.rsplit("/", 1)[1]
         assert _patch(client, location, b"staged bytes", 0).status_code == 202
         assert staging_exists(server, uuid)
-        time.sleep(3.0)  # idle for three TTLs: several purge passes have run
+        clock.advance(3600)  # idle for six TTLs
         assert_error(client.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
-        assert not staging_exists(server, uuid)
+        deadline = time.monotonic() + 60
+        while staging_exists(server, uuid):  # the next purge pass removes the bytes
+            assert time.monotonic() < deadline, "the expired session's staging was never removed"
+            time.sleep(0.2)
         assert_error(_patch(client, location, b"more", 12), 404, "BLOB_UPLOAD_UNKNOWN")
 
 
-def test_active_upload_session_does_not_expire_while_chunks_keep_coming(start_server: StartServer) -> None:
+def test_active_upload_session_does_not_expire_while_chunks_keep_coming(
+    start_server: StartServer, clock: MovableClock
+) -> None:
     server = start_server(
         workers=1,
-        env={"DOCKYARD_UPLOAD_TTL_SECONDS": "1", "DOCKYARD_UPLOAD_PURGE_INTERVAL_SECONDS": "0.2"},
+        env={
+            "DOCKYARD_UPLOAD_TTL_SECONDS": "600",
+            "DOCKYARD_UPLOAD_PURGE_INTERVAL_SECONDS": "0.2",
+            **clock.env,
+        },
     )
     repo = "expiry/active"
     data = os.urandom(6 * 100)
     with api_client(server.url) as client:
         location = open_session(client, repo)
-        for i in range(6):  # 6 chunks, 0.3 s apart: longer than the TTL in total, never idle for it
+        for i in range(6):  # 6 chunks 400 s apart: four TTLs in total, never idle for one
             assert _patch(client, location, data[i * 100 : (i + 1) * 100], i * 100).status_code == 202
-            time.sleep(0.3)
+            clock.advance(400)
+            time.sleep(0.3)  # purge passes run in between
         r = client.put(location, params={"digest": digest_of(data)})
         assert r.status_code == 201, r.text
 
@@ -143,7 +160,7 @@ def test_kill_9_during_a_streaming_patch_keeps_the_last_persisted_offset(start_s
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(head + data[1_000_000 : 1_000_000 + sent])
         # Wait until the doomed PATCH has put bytes on disk past the persisted offset, then crash.
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while not staged_past(server, upload_id, 1_000_000):
             assert time.monotonic() < deadline, "the streaming PATCH never reached the disk"
             time.sleep(0.02)

@@ -11,6 +11,7 @@ import httpx
 
 from tests.support.api_helpers import digest_of, open_session, session_offset
 from tests.support.server import DockyardServer
+from tests.support.staging import session_writer_active
 
 
 def test_bytes_sent_before_the_client_hangs_up_are_kept(
@@ -24,7 +25,7 @@ def test_bytes_sent_before_the_client_hangs_up_are_kept(
         sock.sendall(
             f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: {2 * len(body)}\r\n\r\n".encode() + body
         )
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60
     while session_offset(client, location) != len(body) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert session_offset(client, location) == len(body)
@@ -58,13 +59,20 @@ def test_a_stalled_patch_yields_the_session_to_the_client_resuming_it(
     """The resuming client is refused once (416, the session is busy), and the stalled request
     gives the session up: the client continues from the bytes that arrived, long before the
     60 s body timeout."""
-    server = start_server(workers=2, env={"DOCKYARD_TAKEOVER_AFTER_SECONDS": "1"})
-    with httpx.Client(base_url=server.url, timeout=10) as client:
+    body_timeout = 300  # far beyond any delay a busy machine adds: letting go early is the takeover
+    server = start_server(
+        workers=2,
+        env={"DOCKYARD_TAKEOVER_AFTER_SECONDS": "1", "DOCKYARD_BODY_TIMEOUT_SECONDS": str(body_timeout)},
+    )
+    with httpx.Client(base_url=server.url, timeout=60) as client:
         location = open_session(client, "takeover/resume")
         data = os.urandom(400_000)
         stalled = _stalled_patch(server, location, data[:150_000], len(data))
         try:
-            time.sleep(0.3)
+            deadline = time.monotonic() + 60
+            while not session_writer_active(server, location.rsplit("/", 1)[1]):
+                assert time.monotonic() < deadline, "the stalled PATCH never took the session"
+                time.sleep(0.05)
             first = client.patch(location, content=data, headers={"Content-Range": f"0-{len(data) - 1}"})
             assert first.status_code == 416, first.text
             assert first.headers["location"] == location
@@ -74,7 +82,7 @@ def test_a_stalled_patch_yields_the_session_to_the_client_resuming_it(
                 if answer.status_code == 202:
                     break
                 assert answer.status_code == 416, answer.text
-                assert time.monotonic() - t0 < 15, "the stalled request never let go"
+                assert time.monotonic() - t0 < body_timeout / 2, "the stalled request never let go"
                 time.sleep(0.25)
             waited = time.monotonic() - t0
             assert answer.headers["range"] == f"0-{150_000 - 1}"
@@ -83,9 +91,9 @@ def test_a_stalled_patch_yields_the_session_to_the_client_resuming_it(
             assert rest.status_code == 202, rest.text
             assert client.put(location, params={"digest": digest_of(data)}).status_code == 201
             assert client.get(f"/v2/takeover/resume/blobs/{digest_of(data)}").content == data
-            assert waited < 10, waited
+            assert waited < body_timeout / 2, waited  # the takeover, not the body timeout, freed it
             # the stalled request was answered and closed (408): its bytes are not appended later
-            stalled.settimeout(5)
+            stalled.settimeout(60)
             assert stalled.recv(65536).startswith(b"HTTP/1.1 408")
         finally:
             stalled.close()
@@ -104,7 +112,7 @@ def test_a_stalled_patch_nobody_else_wants_keeps_its_session(
         try:
             time.sleep(3)
             stalled.sendall(data[50_000:])
-            stalled.settimeout(5)
+            stalled.settimeout(60)
             assert stalled.recv(65536).startswith(b"HTTP/1.1 202")
         finally:
             stalled.close()

@@ -204,7 +204,7 @@ async def test_a_lock_dies_with_the_process_that_held_it(metadata: MetadataHarne
             assert not held
         holder.send_signal(signal.SIGKILL)  # kill -9: no unlock, no goodbye to the server
         await holder.wait()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while True:  # the server notices the closed connection at once; allow it a moment
             async with meta.lock_upload("u-crash") as held, meta.try_lock("collector") as named:
                 if held and named:
@@ -220,15 +220,24 @@ async def test_a_lock_dies_with_the_process_that_held_it(metadata: MetadataHarne
 async def test_blob_locks_wait_for_each_other_across_nodes(metadata: MetadataHarness) -> None:
     node_a, node_b = await metadata.new_store(), await metadata.new_store()
     order: list[str] = []
+    a_holds, b_asks = asyncio.Event(), asyncio.Event()
 
-    async def hold(node: object, name: str, delay: float) -> None:
-        await asyncio.sleep(delay)
-        async with node.lock_blob(d("shared")):  # type: ignore[attr-defined]
-            order.append(f"{name} in")
-            await asyncio.sleep(0.3)
-            order.append(f"{name} out")
+    async def first() -> None:
+        async with node_a.lock_blob(d("shared")):
+            order.append("a in")
+            a_holds.set()
+            await b_asks.wait()
+            await asyncio.sleep(0.3)  # b is asking meanwhile: it must not get in
+            order.append("a out")
 
-    await asyncio.gather(hold(node_a, "a", 0.0), hold(node_b, "b", 0.1))
+    async def second() -> None:
+        await a_holds.wait()  # no head start to race: b asks only once a holds the lock
+        b_asks.set()
+        async with node_b.lock_blob(d("shared")):
+            order.append("b in")
+            order.append("b out")
+
+    await asyncio.gather(first(), second())
     assert order == ["a in", "a out", "b in", "b out"]
     async with node_a.lock_blob(d("one")), node_b.lock_blob(d("two")):
         pass  # different blobs do not wait for each other

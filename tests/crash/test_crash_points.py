@@ -88,7 +88,7 @@ def arm(server: DockyardServer, point: str) -> httpx.Client:
 
 def recover(server: DockyardServer, ledger: Ledger) -> httpx.Client:
     """Restart without crash points; check the ledger and fsck; hand back a client."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while server.process is not None and server.process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)  # the crash point's SIGKILL is on its way
     server.env = {}

@@ -354,7 +354,7 @@ class Containerd:
             f'[ttrpc]\n  address = "{self.address}.ttrpc"\n'
         )
 
-    def start(self, timeout: float = 20.0) -> Containerd:
+    def start(self, timeout: float = 120.0) -> Containerd:
         (self.home / "hosts").mkdir(parents=True, exist_ok=True)
         config = self.home / "config.toml"
         config.write_text(self.config())

@@ -153,7 +153,7 @@ def test_a_node_killed_mid_upload_and_the_session_finished_on_another(cluster: l
     try:
         with socket.create_connection(("127.0.0.1", n1.port), timeout=10) as sock:
             sock.sendall(head + data[6 * MiB : 18 * MiB])
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 60
             while not staged_past(n1, upload_id, 6 * MiB):  # a part the row does not know reached S3
                 assert time.monotonic() < deadline, "the streaming PATCH never reached the object store"
                 time.sleep(0.05)

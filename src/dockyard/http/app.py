@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from dockyard.clock import wall_clock
 from dockyard.config import Settings
 from dockyard.gc import collect
 from dockyard.http import auth, blobs, browse, discovery, manifests, replication_page, uploads
@@ -96,8 +96,10 @@ def _event_figures(
     ]
     names += [f"sync.{r.name}" for r in settings.replication.sync]
 
+    clock = wall_clock()
+
     async def figures() -> dict[str, dict[str, float]]:
-        found = await meta.event_log().sink_figures(time.time())
+        found = await meta.event_log().sink_figures(clock())
         for name in names:
             found.setdefault(name, {})
         return found

@@ -24,6 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from dockyard.clock import wall_clock
 from dockyard.metadata import schema as s
 from dockyard.metadata.outbox import EventLog, Outbox
 from dockyard.metadata.pglocks import MIGRATIONS_KEY, XACT_LOCK, AdvisoryLocks
@@ -248,8 +249,9 @@ class SqlMetadataStore:
     """Metadata in SQL. SQLite runs write transactions as ``BEGIN IMMEDIATE`` (WAL mode), so
     concurrent workers queue for the write lock instead of failing on upgrade."""
 
-    def __init__(self, url: str, migrate: bool = True) -> None:
+    def __init__(self, url: str, migrate: bool = True, clock: Callable[[], float] | None = None) -> None:
         self.url = async_url(url)
+        self._clock = clock or wall_clock()  # when rows were written: tags, links, repositories
         self._is_sqlite = self.url.startswith("sqlite")
         self._migrate = migrate
         self._read: AsyncEngine
@@ -351,7 +353,7 @@ class SqlMetadataStore:
     async def _ensure_repository(self, conn: AsyncConnection, repository: str) -> None:
         await conn.execute(
             self._insert(s.repositories)
-            .values(name=repository, created_at=time.time())
+            .values(name=repository, created_at=self._clock())
             .on_conflict_do_nothing()
         )
 
@@ -412,7 +414,7 @@ class SqlMetadataStore:
         mounted_from: str | None = None,
         mounted: bool = False,
     ) -> None:
-        now = time.time()
+        now = self._clock()
         async with self._begin() as conn:
             await self._ensure_repository(conn, repository)
             await conn.execute(
@@ -440,7 +442,7 @@ class SqlMetadataStore:
             await conn.execute(
                 update(link)
                 .where(link.c.repository == repository, link.c.digest == str(digest))
-                .values(created_at=time.time())
+                .values(created_at=self._clock())
             )
 
     async def unlink_blob(self, repository: str, digest: Digest) -> bool:
@@ -484,7 +486,7 @@ class SqlMetadataStore:
         refs: Sequence[ManifestRef],
         tags: Sequence[str],
     ) -> None:
-        now = time.time()
+        now = self._clock()
         digest = str(record.digest)
         async with self._begin() as conn:
             await self._ensure_repository(conn, repository)
@@ -594,7 +596,7 @@ class SqlMetadataStore:
                 .where(
                     s.tags.c.repository == repository, s.tags.c.name == tag, s.tags.c.digest == str(digest)
                 )
-                .values(updated_at=time.time())
+                .values(updated_at=self._clock())
             )
             return bool(result.rowcount)
 
@@ -993,14 +995,14 @@ class SqlMetadataStore:
             return bool(result.rowcount)
 
     async def record_login_failure(self, keys: list[str]) -> None:
-        now = time.time()
+        now = self._clock()
         f = s.login_failures
         async with self._begin() as conn:
             await conn.execute(f.insert(), [{"key": key, "at": now} for key in keys])
             await conn.execute(delete(f).where(f.c.at < now - 3600))
 
     async def login_retry_after(self, keys: list[str], limit: int, window: float) -> float | None:
-        now = time.time()
+        now = self._clock()
         f = s.login_failures
         q = (
             select(f.c.key, func.count(), func.min(f.c.at))

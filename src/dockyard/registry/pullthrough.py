@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import replace
@@ -145,7 +144,7 @@ class PullThroughRegistry(Registry):
         policy: Policy | None = None,
         tag_ttl_seconds: float = 300.0,
         stall_timeout: float = 60.0,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         super().__init__(blobs, meta, policy, clock)
         self.upstream = upstream

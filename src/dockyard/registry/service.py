@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import re
-import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -13,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from dockyard.clock import wall_clock
 from dockyard.failpoints import crash_point
 from dockyard.registry import errors
 from dockyard.registry.digests import DEFAULT_ALGORITHM, Digest, Hasher, check_algorithm, new_hasher
@@ -133,14 +133,18 @@ class Registry:
         blobs: BlobStore,
         meta: MetadataStore,
         policy: Policy | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.blobs = blobs
         self.meta = meta
         self.policy = policy or Policy()
-        self._clock = clock
+        self._clock = clock or wall_clock()
         self._hashers = LiveHashers()
         self._manifests = _ManifestCache(self.policy.manifest_cache_bytes)
+
+    def now(self) -> float:
+        """The wall clock that ages, TTLs and expiry are measured with (see ``dockyard.clock``)."""
+        return self._clock()
 
     # -- blobs ---------------------------------------------------------------------------------
 
