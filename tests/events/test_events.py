@@ -4,6 +4,7 @@ once across a sink outage, a sink answering 500 and a kill -9 between the change
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -62,7 +63,7 @@ def dockyard_cli(server: DockyardServer, *args: str) -> str:
         capture_output=True,
         text=True,
         timeout=120,
-        env={**__import__("os").environ, **server.env},
+        env={**os.environ, **server.env},
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
