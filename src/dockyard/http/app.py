@@ -62,6 +62,7 @@ BROWSE_ROUTES: list[tuple[str, str, Handler, str | None]] = [
     ("GET", f"/ui/r/{NAME}/manifests/{{reference}}", browse.show_manifest, "pull"),
     ("GET", f"/ui/r/{NAME}", browse.show_repository, "pull"),
     ("GET", "/ui/replication", replication_page.show_replication, "metrics"),
+    ("GET", "/ui/operations", browse.operations, "admin"),
     ("GET", "/ui/{rest:.*}", browse.not_found, "public"),
 ]
 

@@ -229,6 +229,27 @@ def readable(request: web.Request) -> Callable[[str], bool] | None:
     return lambda repository: "pull" in guard.policy.actions(identity, repository)
 
 
+def may_operate(request: web.Request) -> bool:
+    """For the operations page: without access control, anyone who reaches the registry; with
+    it, an authenticated administrator (``auth.admins``; with no access rules at all, every
+    authenticated user, who may do everything anyway)."""
+    guard = request.app.get(GUARD)
+    if guard is None:
+        return True
+    identity = credentials(request).identity
+    return identity is not None and guard.policy.is_admin(identity)
+
+
+def may_see_totals(request: web.Request) -> bool:
+    """The registry-wide totals are what ``/metrics`` shows: to any authenticated client, or
+    to anyone where there is no access control."""
+    guard = request.app.get(GUARD)
+    if guard is None:
+        return True
+    creds = credentials(request)
+    return creds.identity is not None or creds.claims is not None
+
+
 _SCOPE_ACTIONS = {"pull": "pull", "push": "pull,push", "delete": "delete"}
 
 
@@ -247,6 +268,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if access == "metrics" or access is None:  # operators: any authenticated client
         if not authenticated:
             raise guard.unauthorized(request, None, "authentication required", basic=browser)
+    elif access == "admin":  # the operations page
+        if not authenticated:
+            raise guard.unauthorized(request, None, "authentication required", basic=browser)
+        if not may_operate(request):
+            raise errors.RegistryError(errors.DENIED, message="administrators only")
     elif access == "catalog":
         if not guard.may_list_catalog(creds):
             error = "insufficient_scope" if creds.claims is not None else None

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import logging
-
 from aiohttp import web
 
-from dockyard.http.common import registry, repository
+from dockyard.http.common import registry, repository, stream_response
 from dockyard.http.ranges import parse_range
 from dockyard.http.sendfile import SendfileResponse
-from dockyard.registry import errors
 from dockyard.registry.digests import Digest
 from dockyard.registry.service import IncomingBlob
 
 OCTET_STREAM = "application/octet-stream"
-
-log = logging.getLogger("dockyard.http")
 
 
 async def get_blob(request: web.Request) -> web.StreamResponse:
@@ -52,11 +47,9 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         return SendfileResponse(info.path, start, end - start + 1, status=status, headers=headers)
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = end - start + 1
-    await response.prepare(request)
-    async for data in registry(request).read_blob(digest, start, end - start + 1):
-        await response.write(data)
-    await response.write_eof()
-    return response
+    return await stream_response(
+        request, response, registry(request).read_blob(digest, start, end - start + 1)
+    )
 
 
 async def delete_blob(request: web.Request) -> web.Response:
@@ -72,26 +65,13 @@ async def _stream_incoming(
     """A blob streamed as it arrives from the upstream (pull-through cache).
 
     The status goes out with the first piece, before the digest can be checked. A blob that then
-    fails verification cannot be answered with an error any more: the connection is cut before
-    its last piece instead, so the client sees a short body, never a complete wrong one.
+    fails verification (or the store, or the upstream) cannot be answered with an error any more:
+    the connection is cut before its last piece instead, so the client sees a short body, never a
+    complete wrong one.
     """
     response = web.StreamResponse(status=200, headers=headers)
     response.content_length = size
     try:
-        async for data in incoming.stream():
-            if not response.prepared:
-                await response.prepare(request)
-            await response.write(data)
-    except errors.RegistryError as exc:
-        if not response.prepared:
-            raise  # nothing sent yet: the client gets the error
-        log.warning("%s: %s; cutting the connection", request.path, exc)
-        if request.transport is not None:
-            request.transport.abort()
-        return response
+        return await stream_response(request, response, incoming.stream())
     finally:
         incoming.release()
-    if not response.prepared:
-        await response.prepare(request)
-    await response.write_eof()
-    return response

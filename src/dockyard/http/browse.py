@@ -14,8 +14,26 @@ from aiohttp import web
 from dockyard.http import auth
 from dockyard.http.common import registry, repository
 from dockyard.http.errors import Handler
-from dockyard.http.html import Html, annotation_list, definitions, el, esc, join, link, page, size, table, url
-from dockyard.registry import errors
+from dockyard.http.html import (
+    Html,
+    annotation_list,
+    copy_field,
+    definitions,
+    el,
+    esc,
+    join,
+    link,
+    page,
+    parse_timestamp,
+    search_form,
+    shell_words,
+    short_digest,
+    size,
+    table,
+    url,
+    when,
+)
+from dockyard.registry import browsing, errors
 from dockyard.registry.digests import Digest
 from dockyard.registry.manifests import Descriptor, ParsedManifest, parse_manifest
 from dockyard.registry.names import Reference
@@ -25,10 +43,10 @@ REPOSITORIES_PER_PAGE = 100
 TAGS_PER_PAGE = 50
 MOST_TAGS_PER_PAGE = 500  # each tag's manifest is read to show its size or platforms
 MOST_TAGS_OF_MANIFEST = 100
+MOST_SEARCH_CHARACTERS = 255
+RECENT_GC_RUNS = 20
+RECENT_UPLOADS = 50
 
-_IMAGE_CONFIG_TYPES = frozenset(
-    {"application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"}
-)
 _TITLES = {
     400: "Bad request",
     401: "Authentication required",
@@ -55,6 +73,11 @@ def _page_size(request: web.Request, default: int, most: int) -> int:
     return default if not n else min(registry(request).page_size(n), most)
 
 
+def _offset(request: web.Request) -> int:
+    value = request.query.get("from", "")
+    return int(value) if value.isdigit() and len(value) < 10 else 0
+
+
 def _next_page(href: str) -> Html:
     return el("nav", link(href, "next page", rel="next"), class_="pages")
 
@@ -67,6 +90,27 @@ def _parse(record: ManifestRecord, data: bytes) -> ParsedManifest | None:
         return None
 
 
+def _pull_host(request: web.Request) -> str:
+    """The registry as the client reached it (the Host it sent), for ready-to-copy pull lines."""
+    return request.host or "localhost"
+
+
+def _pull_line(request: web.Request, name: str, reference: Reference) -> Html:
+    """``docker pull HOST/NAME:TAG`` (or ``@DIGEST``), ready to copy."""
+    at = f":{reference.tag}" if reference.tag is not None else f"@{reference.digest}"
+    return copy_field(f"docker pull {_pull_host(request)}/{name}{at}", label="pull command")
+
+
+def _sort_links(base: str, current: str, choices: Sequence[tuple[str, str]], **query: str) -> Html:
+    items = []
+    for key, text in choices:
+        if key == current:
+            items.append(el("strong", text, aria_current="true"))
+        else:
+            items.append(link(url(base, sort=key, **{k: v for k, v in query.items() if v}), text))
+    return el("p", "Sort by ", join(items, " · "), class_="sort")
+
+
 # -- handlers --------------------------------------------------------------------------------------
 
 
@@ -76,56 +120,102 @@ async def home(request: web.Request) -> web.Response:
 
 
 async def list_repositories(request: web.Request) -> web.Response:
-    """The catalog, filtered the catalog's way: only repositories the client may pull."""
+    """The catalog, filtered the catalog's way (only repositories the client may pull), with
+    each repository's tags, last push and size; searchable, sorted by name or last push."""
+    core = registry(request)
     limit = _page_size(request, REPOSITORIES_PER_PAGE, REPOSITORIES_PER_PAGE * 10)
-    names, more = await registry(request).list_repositories(
-        limit, request.query.get("last") or None, auth.readable(request)
+    query = request.query.get("q", "").strip().lower()[:MOST_SEARCH_CHARACTERS]
+    by = "pushed" if request.query.get("sort") == "pushed" else "name"
+    cursor = request.query.get("from") if by == "pushed" else request.query.get("last")
+    found = await browsing.repository_page(
+        core, limit, cursor=cursor or None, containing=query or None, by=by, may_read=auth.readable(request)
     )
-    body: list[object] = [
-        table(["Repository"], [[link(repository_url(n), n)] for n in names])
-        if names
-        else el("p", "No repositories.", class_="muted")
+    now = core.now()
+    body: list[object] = []
+    if auth.may_see_totals(request):
+        stats = await core.meta.statistics()
+        body.append(
+            el(
+                "p",
+                el("strong", int(stats.get("repositories", 0))),
+                " repositories · ",
+                el("strong", int(stats.get("manifests", 0))),
+                " manifests · ",
+                el("strong", size(int(stats.get("blob_bytes", 0) + stats.get("manifest_bytes", 0)))),
+                " stored",
+                class_="totals",
+            )
+        )
+    body.append(search_form("/ui/", query, by))
+    body.append(_sort_links("/ui/", by, [("name", "name"), ("pushed", "last push")], q=query))
+    rows = [
+        [
+            link(repository_url(r.name), r.name),
+            r.tags,
+            when(r.last_push, now),
+            size(r.stored_bytes, short=True),
+        ]
+        for r in found.repositories
     ]
-    if more and names:
-        body.append(_next_page(url("/ui/", n=limit, last=names[-1])))
-    return page("Repositories", *body)
+    if rows:
+        body.append(table(["Repository", "Tags", "Last push", "Size"], rows))
+    else:
+        body.append(el("p", "No repositories match." if query else "No repositories.", class_="muted"))
+    if found.next_cursor is not None:
+        cursor_key = "from" if by == "pushed" else "last"
+        extra = {"q": query} if query else {}
+        if by == "pushed":
+            extra["sort"] = by
+        body.append(_next_page(url("/ui/", n=limit, **{cursor_key: found.next_cursor}, **extra)))
+    return page("Repositories", *body, admin_link=auth.may_operate(request))
 
 
 async def show_repository(request: web.Request) -> web.Response:
-    """A repository's tags, each with its manifest's digest, type, and size or platforms."""
+    """A repository's tags (newest push first, or by name), each with its short digest, when it
+    was pushed, its size or platforms, how many manifests refer to it, and a pull line."""
     name = repository(request)
     core = registry(request)
     limit = _page_size(request, TAGS_PER_PAGE, MOST_TAGS_PER_PAGE)
-    tags, more = await core.list_tags(name, limit, request.query.get("last") or None)
+    by = "name" if request.query.get("sort") == "name" else "pushed"
+    offset = _offset(request)
+    tags, referrers, more = await browsing.tag_page(core, name, limit, offset, by)
+    now = core.now()
     rows = []
     for tag in tags:
         try:
-            record, data = await core.get_manifest(name, Reference(tag=tag))
+            record, data = await core.get_manifest(name, Reference(tag=tag.tag))
         except errors.RegistryError as exc:
             if exc.error is errors.MANIFEST_UNKNOWN:
                 continue  # deleted since the list was read
             raise
         rows.append(
             [
-                link(manifest_url(name, tag), tag),
-                link(manifest_url(name, record.digest), record.digest, class_="digest"),
-                _media_type(record),
+                link(manifest_url(name, tag.tag), tag.tag),
+                short_digest(record.digest, manifest_url(name, record.digest)),
+                when(tag.updated_at, now),
                 _contents(name, record, _parse(record, data)),
+                referrers.get(record.digest, 0),
+                _pull_line(request, name, Reference(tag=tag.tag)),
             ]
         )
     body: list[object] = [
         el("h2", "Tags"),
-        table(["Tag", "Digest", "Media type", "Size or platforms"], rows)
-        if rows
-        else el("p", "No tags.", class_="muted"),
+        _sort_links(repository_url(name), by, [("pushed", "last push"), ("name", "name")]),
     ]
+    if rows:
+        body.append(table(["Tag", "Digest", "Pushed", "Size or platforms", "Referrers", "Pull"], rows))
+    else:
+        body.append(el("p", "No tags.", class_="muted"))
     if more and tags:
-        body.append(_next_page(repository_url(name, n=limit, last=tags[-1])))
-    return page(name, *body, crumbs=[(name, repository_url(name))])
+        query: dict[str, str | int] = {"n": limit, "from": offset + len(tags)}
+        if by == "name":
+            query["sort"] = by
+        body.append(_next_page(repository_url(name, **query)))
+    return page(name, *body, crumbs=[(name, repository_url(name))], admin_link=auth.may_operate(request))
 
 
 async def show_manifest(request: web.Request) -> web.Response:
-    """One manifest: what it says, what refers to it, and its JSON."""
+    """One manifest: what it says, its image configuration, what refers to it, and its JSON."""
     name = repository(request)
     reference = Reference.parse(request.match_info["reference"])
     core = registry(request)
@@ -136,7 +226,8 @@ async def show_manifest(request: web.Request) -> web.Response:
     body: list[object] = [
         definitions(
             [
-                ("Digest", el("span", record.digest, class_="digest")),
+                ("Digest", copy_field(str(record.digest), label="digest")),
+                ("Pull", _pull_line(request, name, Reference(digest=record.digest))),
                 ("Media type", record.media_type),
                 ("artifactType", record.artifact_type),
                 ("Size", size(record.size)),
@@ -152,16 +243,84 @@ async def show_manifest(request: web.Request) -> web.Response:
     if parsed is not None and parsed.blobs:
         config, *layers = parsed.blobs
         total = sum(d.size for d in parsed.blobs)
+        image = await browsing.image_config(core, name, config.digest, config.media_type, config.size)
+        if image is not None:
+            body += [el("h2", "Image"), _image(image, core.now())]
         body += [el("h2", "Config"), _blobs(name, [config])]
         body += [
             el("h2", "Layers (", len(layers), ", ", size(total), " with the config)"),
             _blobs(name, layers),
         ]
+        if image is not None and image.history:
+            body += [el("h2", "History"), _history(image.history)]
     body += [el("h2", "Referrers"), _referrers(name, referrers)]
     body += [el("h2", "JSON"), el("pre", _pretty(data))]
     title = f"{name}@{record.digest}" if reference.tag is None else f"{name}:{reference.tag}"
     crumbs = [(name, repository_url(name)), (str(reference), manifest_url(name, str(reference)))]
-    return page(title, *body, crumbs=crumbs)
+    return page(title, *body, crumbs=crumbs, admin_link=auth.may_operate(request))
+
+
+async def operations(request: web.Request) -> web.Response:
+    """For administrators: storage used, the last garbage collections and what they freed, and
+    the open upload sessions."""
+    core = registry(request)
+    stats = await core.meta.statistics()
+    runs = await core.meta.gc_history(RECENT_GC_RUNS)
+    sessions = await core.meta.recent_uploads(RECENT_UPLOADS)
+    now = core.now()
+    body: list[object] = [
+        el("h2", "Storage"),
+        definitions(
+            [
+                ("Repositories", int(stats.get("repositories", 0))),
+                ("Manifests", _count_and_size(stats, "manifests", "manifest_bytes")),
+                ("Blobs", _count_and_size(stats, "blobs", "blob_bytes")),
+                ("Open upload sessions", int(stats.get("uploads", 0))),
+            ]
+        ),
+        el("h2", "Garbage collection"),
+    ]
+    if runs:
+        body.append(
+            table(
+                ["Started", "Took", "Manifests", "Tags", "Links", "Blobs", "Freed"],
+                [
+                    [
+                        join([when(r.started_at, now), " (dry run)" if r.dry_run else ""]),
+                        f"{r.duration:.2f} s",
+                        r.manifests_deleted,
+                        r.tags_deleted,
+                        r.links_deleted,
+                        r.blobs_deleted,
+                        size(r.bytes_freed, short=True),
+                    ]
+                    for r in runs
+                ],
+            )
+        )
+    else:
+        body.append(el("p", "No collection has run yet.", class_="muted"))
+    body.append(el("h2", "Upload sessions"))
+    if sessions:
+        body.append(
+            table(
+                ["Repository", "Session", "Received", "Opened", "Last active", "By"],
+                [
+                    [
+                        link(repository_url(u.repository), u.repository),
+                        el("code", u.id),
+                        size(u.offset, short=True),
+                        when(u.created_at, now),
+                        when(u.updated_at, now),
+                        u.owner or el("span", "anonymous", class_="muted"),
+                    ]
+                    for u in sessions
+                ],
+            )
+        )
+    else:
+        body.append(el("p", "No upload session is open.", class_="muted"))
+    return page("Operations", *body, crumbs=[("operations", "/ui/operations")], admin_link=True)
 
 
 async def not_found(request: web.Request) -> web.Response:
@@ -173,7 +332,7 @@ async def not_found(request: web.Request) -> web.Response:
 
 def _media_type(record: ManifestRecord) -> Html:
     """The media type, and the artifactType when it says more than "an image"."""
-    if record.artifact_type and record.artifact_type not in _IMAGE_CONFIG_TYPES:
+    if record.artifact_type and record.artifact_type not in browsing.IMAGE_CONFIG_TYPES:
         return join(
             [record.media_type, el("br"), el("span", "artifactType ", record.artifact_type, class_="muted")]
         )
@@ -193,7 +352,7 @@ def _contents(name: str, record: ManifestRecord, parsed: ParsedManifest | None) 
             ),
             class_="plain",
         )
-    return size(sum(d.size for d in parsed.blobs))
+    return size(sum(d.size for d in parsed.blobs), short=True)
 
 
 def _platform(d: Descriptor) -> Html:
@@ -262,6 +421,50 @@ def _referrers(name: str, referrers: Sequence[ManifestRecord]) -> Html:
             for r in referrers
         ],
     )
+
+
+def _count_and_size(stats: dict[str, float], count: str, total: str) -> Html:
+    return join([int(stats.get(count, 0)), " (", size(int(stats.get(total, 0))), ")"])
+
+
+def _code_list(items: Sequence[str]) -> Html | None:
+    return el("ul", *(el("li", el("code", e)) for e in items), class_="plain") if items else None
+
+
+def _image(image: browsing.ImageConfig, now: float) -> Html:
+    created = None
+    if image.created:
+        stamp = parse_timestamp(image.created)
+        created = when(stamp, now) if stamp is not None else image.created
+    command = [*(image.entrypoint or []), *(image.cmd or [])]
+    return definitions(
+        [
+            ("Created", created),
+            ("Platform", image.platform),
+            ("Entrypoint", el("code", shell_words(image.entrypoint)) if image.entrypoint else None),
+            ("Command", el("code", shell_words(image.cmd)) if image.cmd else None),
+            ("Runs", el("code", shell_words(command)) if command else None),
+            ("User", image.user),
+            ("Working directory", image.working_dir),
+            ("Ports", ", ".join(image.exposed_ports) or None),
+            ("Environment", _code_list(image.env)),
+            ("Labels", annotation_list(image.labels) if image.labels else None),
+        ]
+    )
+
+
+def _history(history: Sequence[dict[str, object]]) -> Html:
+    rows = []
+    for step in history:
+        created_by = str(step.get("created_by") or step.get("comment") or "")
+        rows.append(
+            [
+                str(step.get("created") or ""),
+                el("code", created_by),
+                el("span", "no layer", class_="muted") if step.get("empty_layer") else "layer",
+            ]
+        )
+    return table(["Created", "Step", "Layer"], rows)
 
 
 def _pretty(data: bytes) -> str:

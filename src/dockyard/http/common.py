@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -17,6 +18,8 @@ from dockyard.registry.ports import UploadSession
 from dockyard.registry.service import Registry
 from dockyard.registry.uploads import range_header
 
+log = logging.getLogger("dockyard.http")
+
 REGISTRY = web.AppKey("registry", Registry)
 BODY_TIMEOUT = web.AppKey("body_timeout", float)
 #: per event sink (and replication rule): its figures for /metrics (events on only)
@@ -25,6 +28,63 @@ EVENT_FIGURES: web.AppKey[EventFigures] = web.AppKey("event_figures")
 HEARTBEAT_SECONDS = 1.0  # while a body stalls, body_stream yields b"" this often
 _CONTINUE_PENDING = "dockyard.continue_pending"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_STARTED = "dockyard.response_started"
+
+
+class ClientDisconnected(ConnectionResetError):
+    """The client's connection failed while its request body was read: the client's doing.
+    (Every other ``ConnectionError`` is a connection of ours, to a dependency, failing.)"""
+
+
+def response_started(request: web.Request) -> bool:
+    """Whether this request's response has begun to go out (status and headers sent)."""
+    return bool(request.get(_STARTED)) or request.writer.output_size > 0
+
+
+async def start_response(request: web.Request, response: web.StreamResponse) -> None:
+    """``response.prepare``, remembered: from here on a failure cuts the connection."""
+    request[_STARTED] = True
+    await response.prepare(request)
+
+
+async def stream_response(
+    request: web.Request, response: web.StreamResponse, body: AsyncIterator[bytes]
+) -> web.StreamResponse:
+    """Send ``body`` as ``response``'s body. The first piece is read before the headers go out,
+    so a store that fails at once is still a clean error (503); a failure after that aborts the
+    connection (the client sees a short body and may retry with ``Range``), never an error
+    written into the body and never a connection left hanging."""
+    pieces = aiter(body)
+    try:
+        first: bytes | None = await anext(pieces)
+    except StopAsyncIteration:
+        first = None
+    await start_response(request, response)
+    try:
+        if first is not None:
+            await response.write(first)
+            async for data in pieces:
+                await response.write(data)
+    except Exception as exc:
+        gone = request.transport is None or request.transport.is_closing()
+        log.log(
+            logging.INFO if gone else logging.WARNING,
+            "%s %s: the body stopped after %d bytes (%r); %s",
+            request.method,
+            request.path,
+            response.body_length,
+            exc,
+            "the client went away" if gone else "cutting the connection",
+        )
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    finally:
+        aclose = getattr(pieces, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    await response.write_eof()
+    return response
 
 
 async def defer_continue(request: web.Request) -> None:
@@ -87,13 +147,13 @@ async def body_stream(request: web.Request) -> AsyncIterator[bytes]:
                 ) from None
             yield b""  # a heartbeat: the reader may give up earlier (Registry._yield_if_wanted)
             continue
-        except ConnectionError:
+        except ConnectionError as exc:
             # The client hung up. Bytes that arrived before it did are still in the stream's
             # buffer (aiohttp raises before handing them over): keep them, then give up.
             tail = _buffered(request.content)
             if tail:
                 yield tail
-            raise
+            raise ClientDisconnected(str(exc) or "the client closed the connection") from exc
         if not data:
             return
         last_data = loop.time()

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from dockyard.http.common import json_response, session_headers
+from dockyard.http.common import ClientDisconnected, json_response, response_started, session_headers
 from dockyard.registry import errors
 from dockyard.registry.uploads import SessionError
 
@@ -43,20 +43,52 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         response = await handler(request)
     except errors.RegistryError as exc:
-        response = error_response(exc, request.method)
+        if isinstance(exc, errors.DependencyUnavailable):
+            log.warning("%s %s: 503, %s", request.method, request.path, exc)
+        response = _answer(request, error_response(exc, request.method))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = _http_error(exc)
+        response = _answer(request, _http_error(exc))
     except ConnectionError as exc:
-        # The client went away (mid-body, usually): its doing, not ours. Nobody reads this answer.
-        log.info("%s %s: connection lost (%s)", request.method, request.path, exc)
-        response = error_response(
-            errors.RegistryError(errors.BLOB_UPLOAD_INVALID, message="connection lost before the body ended")
-        )
+        if isinstance(exc, ClientDisconnected) or _client_gone(request):
+            # The client went away (mid-body, usually): its doing, not ours. Nobody reads this.
+            log.info("%s %s: connection lost (%s)", request.method, request.path, exc)
+            response = error_response(
+                errors.RegistryError(
+                    errors.BLOB_UPLOAD_INVALID, message="connection lost before the body ended"
+                )
+            )
+        else:
+            # A connection of ours (database, object store) that no adapter translated: still a
+            # part underneath failing, never the client's 400.
+            log.warning(
+                "%s %s: 503, connection to a dependency failed (%r)", request.method, request.path, exc
+            )
+            response = _answer(
+                request, error_response(errors.DependencyUnavailable("registry's backend", repr(exc)))
+            )
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        response = error_response(errors.RegistryError(errors.INTERNAL))
+        response = _answer(request, error_response(errors.RegistryError(errors.INTERNAL)))
     if not response.prepared:
         response.headers.update(API_VERSION_HEADER)
+    return response
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _answer(request: web.Request, response: web.Response) -> web.Response:
+    """``response``, unless the handler's own response has started: an error cannot be said
+    inside a body, so the connection is cut and the client sees a short body (never the bytes
+    of an error response appended to a blob's)."""
+    if response_started(request):
+        log.warning(
+            "%s %s: failed after the response started; cutting the connection", request.method, request.path
+        )
+        if request.transport is not None:
+            request.transport.abort()
     return response

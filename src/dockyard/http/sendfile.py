@@ -38,9 +38,17 @@ class SendfileResponse(web.StreamResponse):
                 raise ConnectionResetError("connection lost")
             loop = asyncio.get_running_loop()
             try:
-                await loop.sendfile(transport, fobj, self._offset, self._count)
-            except NotImplementedError:
-                await self._copy(writer, fobj)
+                try:
+                    await loop.sendfile(transport, fobj, self._offset, self._count)
+                except NotImplementedError:
+                    await self._copy(writer, fobj)
+            except ConnectionError:
+                raise
+            except OSError as exc:
+                # The disk failed mid-body: the status is out, so no error can be said any more.
+                # Cut the connection (the client sees a short body), never leave it hanging.
+                transport.abort()
+                raise ConnectionResetError(f"reading the blob failed: {exc}") from exc
             await super().write_eof()
             return writer
         finally:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, delete, func, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dockyard.metadata import schema as s
 from dockyard.registry.ports import ManifestRecord
@@ -211,7 +211,7 @@ class EventLog:
 
     def __init__(
         self,
-        read: AsyncEngine,
+        read: Callable[[], AbstractAsyncContextManager[AsyncConnection]],
         begin: Callable[[], AbstractAsyncContextManager[AsyncConnection]],
         insert: Callable[[Any], Any],
     ) -> None:
@@ -236,7 +236,7 @@ class EventLog:
             .order_by(d.c.seq)
             .limit(limit)
         )
-        async with self._read.connect() as conn:
+        async with self._read() as conn:
             return list((await conn.execute(q)).scalars())
 
     async def pending_run(self, sink: str, repository: str, limit: int = 100) -> list[Delivery]:
@@ -248,7 +248,7 @@ class EventLog:
             .order_by(d.c.seq)
             .limit(limit)
         )
-        async with self._read.connect() as conn:
+        async with self._read() as conn:
             return [_delivery(r) for r in await conn.execute(q)]
 
     async def mark_delivered(self, sink: str, seq: int, now: float) -> None:
@@ -306,7 +306,7 @@ class EventLog:
     async def last_run(self, name: str) -> float | None:
         """When a scheduled sync last finished, on any node."""
         st = s.event_sink_stats
-        async with self._read.connect() as conn:
+        async with self._read() as conn:
             row = (
                 await conn.execute(
                     select(st.c.last_success_at, st.c.last_failure_at).where(st.c.sink == name)
@@ -333,7 +333,7 @@ class EventLog:
             q = q.where(d.c.state == state)
         if repository is not None:
             q = q.where(d.c.repository == repository)
-        async with self._read.connect() as conn:
+        async with self._read() as conn:
             return [_delivery(r) for r in await conn.execute(q)]
 
     async def redeliver(
@@ -374,7 +374,7 @@ class EventLog:
         """Per sink: pending, dead, oldest pending age (seconds), and the counters."""
         d, st = s.event_deliveries, s.event_sink_stats
         figures: dict[str, dict[str, float]] = {}
-        async with self._read.connect() as conn:
+        async with self._read() as conn:
             rows = await conn.execute(
                 select(d.c.sink, d.c.state, func.count(), func.min(d.c.created_at))
                 .where(d.c.state != DELIVERED)
@@ -398,6 +398,6 @@ class EventLog:
 
     async def last_errors(self) -> dict[str, str]:
         st = s.event_sink_stats
-        async with self._read.connect() as conn:
+        async with self._read() as conn:
             rows = await conn.execute(select(st.c.sink, st.c.last_error))
             return {sink: err for sink, err in rows if err}

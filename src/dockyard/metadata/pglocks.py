@@ -13,12 +13,18 @@ pooler in session mode (not PgBouncer's transaction mode).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+
+from dockyard.metadata.faults import database_faults
+
+log = logging.getLogger("dockyard.metadata")
 
 _TRY = text("SELECT pg_try_advisory_lock(:key)")
 _WAIT = text("SELECT pg_advisory_lock(:key)")
@@ -39,20 +45,22 @@ MIGRATIONS_KEY = lock_key("schema", "migrations")
 class AdvisoryLocks:
     """Advisory locks over their own connection pool."""
 
-    def __init__(self, url: str, max_held: int = 200) -> None:
+    def __init__(self, url: str, max_held: int = 200, connect_timeout: float = 5.0) -> None:
         self._engine = create_async_engine(
             url,
             pool_size=4,
             max_overflow=max_held,
             pool_pre_ping=True,
             pool_recycle=1800,
+            pool_timeout=connect_timeout,
             connect_args={
+                "timeout": connect_timeout,  # no statement timeout: waiting for a lock may take long
                 "server_settings": {
                     "application_name": "dockyard-locks",
                     "tcp_keepalives_idle": "30",
                     "tcp_keepalives_interval": "10",
                     "tcp_keepalives_count": "3",
-                }
+                },
             },
         )
 
@@ -60,25 +68,38 @@ class AdvisoryLocks:
     async def hold(self, namespace: str, name: str, wait: bool) -> AsyncIterator[bool]:
         """Take the lock (waiting for it, or not); yields whether it is held."""
         key = lock_key(namespace, name)
-        conn = await self._engine.connect()
-        try:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            result = await conn.execute(_WAIT if wait else _TRY, {"key": key})
-            held = True if wait else bool(result.scalar())
-        except BaseException:
-            # Cancelled while waiting, or the connection failed: closing it drops whatever it held.
-            await _discard(conn)
-            raise
+        with database_faults():  # the database down: 503, like any query
+            conn = await self._engine.connect()
+            try:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                result = await conn.execute(_WAIT if wait else _TRY, {"key": key})
+                held = True if wait else bool(result.scalar())
+            except BaseException:
+                # Cancelled while waiting, or the connection failed: closing it drops whatever it held.
+                await _discard(conn)
+                raise
         try:
             yield held
         finally:
             if held:
                 try:
                     await conn.execute(_UNLOCK, {"key": key})
+                except Exception as exc:
+                    # The connection failed (the database restarted, say): the server drops the
+                    # lock with it, so the work done under it stands; only the connection goes.
+                    log.warning(
+                        "releasing advisory lock %s/%s failed (%r); dropping its connection",
+                        namespace,
+                        name,
+                        exc,
+                    )
+                    with contextlib.suppress(Exception):
+                        await _discard(conn)
                 except BaseException:
                     await _discard(conn)
                     raise
-            await conn.close()
+            with contextlib.suppress(Exception):
+                await conn.close()
 
     async def close(self) -> None:
         await self._engine.dispose()

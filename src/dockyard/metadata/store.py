@@ -23,9 +23,12 @@ from sqlalchemy import Connection, Row, and_, bindparam, delete, event, func, se
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from dockyard.clock import wall_clock
 from dockyard.metadata import schema as s
+from dockyard.metadata.browsing import BrowsingQueries
+from dockyard.metadata.faults import DISK_FULL, GuardedEngine, database_faults
 from dockyard.metadata.outbox import EventLog, Outbox
 from dockyard.metadata.pglocks import MIGRATIONS_KEY, XACT_LOCK, AdvisoryLocks
 from dockyard.registry import errors
@@ -158,7 +161,8 @@ class _SqliteHotReads:
         return self._conn
 
     def one(self, name: str, params: dict[str, str]) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = self._connection().execute(self._sql[name], params).fetchone()
+        with database_faults():
+            row: sqlite3.Row | None = self._connection().execute(self._sql[name], params).fetchone()
         return row
 
     def try_write(self, name: str, params: dict[str, Any]) -> bool:
@@ -191,6 +195,10 @@ class _SqliteHotReads:
     def cached(self, name: str, params: dict[str, str], convert: Callable[[sqlite3.Row], Any]) -> Any:
         """``convert(one(...))``, remembered until any connection commits a change: SQLite's
         ``data_version`` moves on every commit by another connection, in any process."""
+        with database_faults():
+            return self._cached(name, params, convert)
+
+    def _cached(self, name: str, params: dict[str, str], convert: Callable[[sqlite3.Row], Any]) -> Any:
         conn = self._connection()
         version = conn.execute("PRAGMA data_version").fetchone()[0]
         if version != self._version:
@@ -245,17 +253,27 @@ def _session(row: Row[Any] | sqlite3.Row) -> UploadSession:
     )
 
 
-class SqlMetadataStore:
+class SqlMetadataStore(BrowsingQueries):
     """Metadata in SQL. SQLite runs write transactions as ``BEGIN IMMEDIATE`` (WAL mode), so
     concurrent workers queue for the write lock instead of failing on upgrade."""
 
-    def __init__(self, url: str, migrate: bool = True, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        migrate: bool = True,
+        connect_timeout: float = 5.0,
+        statement_timeout: float = 30.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.url = async_url(url)
         self._clock = clock or wall_clock()  # when rows were written: tags, links, repositories
         self._is_sqlite = self.url.startswith("sqlite")
         self._migrate = migrate
-        self._read: AsyncEngine
-        self._write: AsyncEngine
+        self._connect_timeout = connect_timeout  # PostgreSQL: connecting, or waiting for the pool
+        self._statement_timeout = statement_timeout  # PostgreSQL: one statement
+        # Every query runs through these: a failing database is DependencyUnavailable (503).
+        self._read: GuardedEngine
+        self._write: GuardedEngine
         self._lock_dir: Path | None = None
         self._hot: _SqliteHotReads | None = None
         self._pg_locks: AdvisoryLocks | None = None  # cross-node locks on PostgreSQL
@@ -283,24 +301,42 @@ class SqlMetadataStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._lock_dir = path.parent / "locks"
             self._lock_dir.mkdir(exist_ok=True)
-            self._read = self._sqlite_engine(immediate=False)
-            self._write = self._sqlite_engine(immediate=True)
+            self._read = GuardedEngine(self._sqlite_engine(immediate=False))
+            self._write = GuardedEngine(self._sqlite_engine(immediate=True))
             self._hot = _SqliteHotReads(path)
         else:
             # PostgreSQL: one engine; concurrency by transactions and row locks; session locks
             # (lock_upload, lock_blob, try_lock) are advisory locks on connections of their own.
-            self._read = self._write = create_async_engine(
-                self.url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_recycle=1800
+            # Bounded waits: a database that is down or hung fails a request in seconds.
+            engine = create_async_engine(
+                self.url,
+                pool_pre_ping=True,
+                pool_size=10,
+                max_overflow=20,
+                pool_recycle=1800,
+                pool_timeout=self._statement_timeout,  # a pooled connection frees within a statement's time
+                connect_args={"timeout": self._connect_timeout, "command_timeout": self._statement_timeout},
             )
-            self._pg_locks = AdvisoryLocks(self.url)
+            self._read = self._write = GuardedEngine(engine)
+            self._pg_locks = AdvisoryLocks(self.url, connect_timeout=self._connect_timeout)
 
     async def upgrade(self) -> None:
         """Migrate the schema to the newest revision. On PostgreSQL under an advisory lock held
-        for the transaction, so nodes starting together migrate once, one after the other."""
-        async with self._begin() as conn:
-            if not self._is_sqlite:
+        for the transaction, so nodes starting together migrate once, one after the other.
+        Without the statement timeout: a migration, or waiting for another node's, may take long."""
+        if self._is_sqlite:
+            async with self._begin() as conn:
+                await conn.run_sync(upgrade_schema)
+            return
+        engine = GuardedEngine(
+            create_async_engine(self.url, poolclass=NullPool, connect_args={"timeout": self._connect_timeout})
+        )
+        try:
+            async with engine.begin() as conn:
                 await conn.execute(XACT_LOCK, {"key": MIGRATIONS_KEY})
-            await conn.run_sync(upgrade_schema)
+                await conn.run_sync(upgrade_schema)
+        finally:
+            await engine.dispose()
 
     async def revisions(self) -> tuple[str | None, str | None]:
         """(the database's schema revision, the newest revision this version knows)."""
@@ -334,7 +370,7 @@ class SqlMetadataStore:
         except DBAPIError as exc:
             # SQLite says "database or disk is full"; PostgreSQL's disk_full is SQLSTATE 53100.
             sqlite_full = isinstance(exc, OperationalError) and "full" in str(exc.orig).lower()
-            if sqlite_full or getattr(exc.orig, "sqlstate", None) == "53100":
+            if sqlite_full or getattr(exc.orig, "sqlstate", None) == DISK_FULL:
                 raise errors.RegistryError(errors.INSUFFICIENT_STORAGE) from exc
             raise
 
@@ -1062,7 +1098,7 @@ class SqlMetadataStore:
 
     def event_log(self) -> EventLog:
         """The events' delivery queue (metadata/outbox.py), over this store's connections."""
-        return EventLog(self._read, self._begin, self._insert)
+        return EventLog(self._read.connect, self._begin, self._insert)
 
     @asynccontextmanager
     async def lock_upload(self, upload_id: str) -> AsyncIterator[bool]:

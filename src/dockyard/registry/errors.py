@@ -64,6 +64,12 @@ UPSTREAM_DIGEST_INVALID = ErrorCode(
 READ_ONLY = ErrorCode(
     "UNSUPPORTED", 405, "this registry is a pull-through cache: it takes no pushes or deletes"
 )
+# A part underneath (the metadata database, the object store, the data disk) is failing: not the
+# client's mistake and not our bug. Distribution's precedent: code UNAVAILABLE, status 503.
+UNAVAILABLE = ErrorCode("UNAVAILABLE", 503, "a service the registry depends on is unavailable")
+
+#: what a 503 for a failing dependency asks clients to wait before they try again
+RETRY_AFTER_SECONDS = 5
 
 
 @dataclass
@@ -90,3 +96,25 @@ class RegistryError(Exception):
         if self.detail is not None:
             entry["detail"] = self.detail
         return {"errors": [entry]}
+
+
+class DependencyUnavailable(RegistryError):
+    """A dependency failed the request: unreachable, shutting down, starting, timing out,
+    throttling, or answering with its own server error. Raised by the adapters (never for the
+    client's mistakes, never for a full disk: that is 507); the client gets ``503`` with
+    ``Retry-After`` and may simply try again. ``dependency`` names the part ("database",
+    "object store", "storage"); what it said goes to the log, not to the client.
+    """
+
+    def __init__(self, dependency: str, cause: str = "") -> None:
+        super().__init__(
+            UNAVAILABLE,
+            detail={"dependency": dependency},
+            message=f"the {dependency} is unavailable; try again later",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+        self.dependency = dependency
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return f"the {self.dependency} is unavailable: {self.cause}" if self.cause else str(self.message)

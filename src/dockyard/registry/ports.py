@@ -67,6 +67,38 @@ class RepositoryView:
 
 
 @dataclass(frozen=True)
+class RepositorySummary:
+    """A repository at a glance, for people browsing."""
+
+    name: str
+    tags: int
+    manifests: int
+    stored_bytes: int  # its manifests and the blobs it links (a blob shared with others counts here too)
+    last_push: float | None  # when a manifest was last pushed or a tag last moved
+
+
+@dataclass(frozen=True)
+class TagSummary:
+    tag: str
+    digest: Digest
+    updated_at: float  # when the tag was last pushed or moved
+
+
+@dataclass(frozen=True)
+class GcRun:
+    """One garbage collection, as recorded."""
+
+    started_at: float
+    duration: float
+    dry_run: bool
+    manifests_deleted: int
+    tags_deleted: int
+    links_deleted: int
+    blobs_deleted: int
+    bytes_freed: int
+
+
+@dataclass(frozen=True)
 class TagRecord:
     repository: str
     tag: str
@@ -355,6 +387,31 @@ class MetadataStore(Protocol):
     async def statistics(self) -> dict[str, float]:
         """Figures for /metrics: bytes and counts stored, the last collection."""
         ...
+
+    # browsing (metadata/browsing.py)
+    async def repository_names(
+        self,
+        limit: int,
+        *,
+        after: str | None = None,
+        offset: int = 0,
+        containing: str | None = None,
+        by: str = "name",
+    ) -> list[str]:
+        """By name after ``after``, or by last push from ``offset``; optionally a substring."""
+        ...
+
+    async def repository_summaries(self, names: Sequence[str]) -> dict[str, RepositorySummary]: ...
+
+    async def tag_summaries(
+        self, repository: str, limit: int, offset: int = 0, by: str = "pushed"
+    ) -> list[TagSummary]: ...
+
+    async def referrer_counts(self, repository: str, subjects: Sequence[Digest]) -> dict[Digest, int]: ...
+
+    async def gc_history(self, limit: int) -> list[GcRun]: ...
+
+    async def recent_uploads(self, limit: int) -> list[UploadSession]: ...
 
     def lock_upload(self, upload_id: str) -> AbstractAsyncContextManager[bool]:
         """Try to become the session's one writer; yields False when another writer holds it.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import re
 import uuid
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from dockyard.clock import wall_clock
-from dockyard.failpoints import crash_point
+from dockyard.failpoints import crash_point, database_fault_point, storage_fault_point
 from dockyard.registry import errors
 from dockyard.registry.digests import DEFAULT_ALGORITHM, Digest, Hasher, check_algorithm, new_hasher
 from dockyard.registry.manifests import ParsedManifest, parse_manifest
@@ -114,15 +115,30 @@ def _check_upload_id(upload_id: str) -> None:
         raise errors.RegistryError(errors.BLOB_UPLOAD_UNKNOWN, detail={"uuid": upload_id[:64]})
 
 
+# A disk (or network filesystem) failing under us: the request may work later, on a mended
+# disk or after a failover. Not the client's mistake, not our bug: 503 with Retry-After.
+_FAILING_DISK = {errno.EIO, errno.EROFS, errno.ESTALE, errno.ETIMEDOUT}
+
+
+def _storage_error(exc: OSError) -> BaseException:
+    """What a storage ``OSError`` means to the client: a full disk is its 507; a failing one a
+    503; anything else stays what it is (a bug, or an adapter's own error)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return errors.RegistryError(errors.INSUFFICIENT_STORAGE)
+    if exc.errno in _FAILING_DISK:  # (a client hanging up mid-body has no errno: it passes)
+        return errors.DependencyUnavailable("storage", str(exc))
+    return exc
+
+
 @contextmanager
 def _storage_errors() -> Iterator[None]:
-    """A full disk is the client's 507; any other storage failure stays what it is."""
     try:
         yield
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise errors.RegistryError(errors.INSUFFICIENT_STORAGE) from exc
-        raise
+        error = _storage_error(exc)
+        if error is exc:
+            raise
+        raise error from exc
 
 
 class Registry:
@@ -168,12 +184,15 @@ class Registry:
             redirect=await self.blobs.redirect_url(digest) if want_redirect else None,
         )
 
-    def read_blob(self, digest: Digest, offset: int, length: int) -> Body:
-        return self.blobs.read(digest, offset, length)
+    async def read_blob(self, digest: Digest, offset: int, length: int) -> Body:
+        with _storage_errors():  # a failing disk: 503 before the response starts, a cut after
+            async for data in self.blobs.read(digest, offset, length):
+                yield data
 
     async def delete_blob(self, repository: str, digest: Digest) -> None:
         self._check_delete_enabled()
         crash_point("delete.before")
+        database_fault_point("delete.record")
         unlinked = await self.meta.unlink_blob(repository, digest)
         crash_point("delete.after")
         if not unlinked:
@@ -185,7 +204,8 @@ class Registry:
         record = await self.manifest_record(repository, reference)
         data = self._manifests.get(record.digest)
         if data is None:
-            data = await self.blobs.read_all(record.digest)
+            with _storage_errors():
+                data = await self.blobs.read_all(record.digest)
             self._manifests.put(record.digest, data)
         if self.policy.pull_events:
             await self.meta.record_pull(repository, record, str(reference))
@@ -244,8 +264,10 @@ class Registry:
         """Store verified, validated manifest bytes and record them (and ``tags``) in the repository."""
         async with self.meta.lock_blob(digest):
             with _storage_errors():
+                storage_fault_point("manifest.put")
                 await self.blobs.put(digest, body)
             crash_point("manifest.before_record")
+            database_fault_point("manifest.record")
             await self.meta.put_manifest(repository, parsed.record(digest, len(body)), refs, tags)
         crash_point("manifest.after_record")
         self._manifests.put(digest, body)
@@ -290,6 +312,7 @@ class Registry:
         if not await self.meta.repository_exists(repository):
             raise errors.RegistryError(errors.NAME_UNKNOWN, detail={"name": repository})
         crash_point("delete.before")
+        database_fault_point("delete.record")
         if reference.tag is not None:
             deleted = await self.meta.delete_tag(repository, reference.tag)
         else:
@@ -417,6 +440,7 @@ class Registry:
             updated_at=now,
             owner=owner,
         )
+        database_fault_point("upload.create")
         await self.meta.create_upload(session)
         return session
 
@@ -445,6 +469,7 @@ class Registry:
         async with self.meta.lock_blob(digest):
             if await self.blobs.stat(digest) is None:
                 return None
+            database_fault_point("mount.link")
             await self.meta.link_blob(repository, digest, size, mounted_from=origin, mounted=True)
         return size
 
@@ -494,7 +519,10 @@ class Registry:
         try:
             return await self.commit_upload(repository, session.id, str(digest), None, length, body, owner)
         except BaseException:
-            await self._discard(session)
+            # The part underneath that failed the upload may fail this too (and would take its
+            # retries again): the session is then purged once stale. The client hears of the first.
+            with contextlib.suppress(Exception):
+                await self._discard(session)
             raise
 
     async def cancel_upload(self, repository: str, upload_id: str, owner: str | None = None) -> None:
@@ -586,6 +614,7 @@ class Registry:
         received = 0
         writer = None
         last_data = self._clock()
+        close_error: BaseException | None = None
         try:
             with _storage_errors():
                 writer = await self.blobs.staging_open(session)
@@ -598,6 +627,7 @@ class Registry:
                         raise SessionError(
                             errors.SIZE_INVALID, session, "the body is longer than its declared length"
                         )
+                    storage_fault_point("patch.write")
                     await writer.write(data)
                     if hasher is not None:
                         hasher.update(data)
@@ -605,19 +635,30 @@ class Registry:
                     if received >= _CRASH_AFTER_BYTES:
                         crash_point("patch.mid_body")
         finally:
+            # Whatever happened, the session's row ends at what is really staged. If that cannot
+            # be learnt (the store is away), the row is left as it was: still consistent, since
+            # a writer continues from the recorded offset and overwrites what lies past it.
             size = start
             if writer is not None:
                 try:
                     size = await writer.close()
-                except OSError:
-                    size = await self.blobs.staging_size(session) or start
+                except (OSError, errors.DependencyUnavailable) as exc:
+                    # The last flush failed: nothing of this request may be acknowledged as more
+                    # than what is really there (never a 2xx from here: see below).
+                    close_error = _storage_error(exc) if isinstance(exc, OSError) else exc
                     hasher = None
+                    size = await self.blobs.staging_size(session) or start
             session.offset = size
             session.updated_at = self._clock()
             crash_point("patch.before_save")
+            database_fault_point("patch.save")
             await self.meta.save_upload(session)
             if hasher is not None and size == start + received:
                 self._hashers.keep(session, hasher)
+        if close_error is not None:
+            # The body arrived but its bytes did not all reach the store: the client is told
+            # (503 or 507), and GET on the session says where it stands.
+            raise close_error
 
     async def _yield_if_wanted(self, session: UploadSession, last_data: float) -> None:
         """A body stalled past ``takeover_after_seconds`` gives its session up when a newer
@@ -662,8 +703,10 @@ class Registry:
             else:
                 crash_point("commit.before_move")
                 with _storage_errors():
+                    storage_fault_point("commit.move")
                     await self.blobs.staging_commit(session, digest)
                 crash_point("commit.after_move")
+            database_fault_point("commit.link")
             await self.meta.link_blob(session.repository, digest, session.offset)
         crash_point("commit.after_link")
         await self._discard(session)

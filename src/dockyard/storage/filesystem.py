@@ -22,6 +22,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from dockyard.failpoints import storage_fault_point
 from dockyard.registry.digests import ALGORITHMS, Digest
 from dockyard.registry.ports import UploadSession
 
@@ -112,6 +113,7 @@ class _FileStagingWriter:
 
     async def close(self) -> int:
         try:
+            storage_fault_point("staging.close")  # tests: the last batch is never written
             await self._hand_over()
             await self._wait()
             return os.lseek(self._fd, 0, os.SEEK_CUR)

@@ -55,11 +55,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import botocore.exceptions
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
+from dockyard.failpoints import storage_fault_point
 from dockyard.registry.digests import ALGORITHMS, Digest
+from dockyard.registry.errors import DependencyUnavailable
 from dockyard.registry.ports import UploadSession
 
 if TYPE_CHECKING:
@@ -75,7 +78,8 @@ _NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
 
 
 class ObjectStoreError(OSError):
-    """The object store failed a request (an ``OSError``, as the core expects of storage)."""
+    """The object store failed a request in a way no retry mends (an ``OSError``, as the core
+    expects of storage): a request it rejects, or staged bytes that are not what was recorded."""
 
     def __init__(self, message: str) -> None:
         super().__init__(errno.EIO, message)
@@ -87,14 +91,44 @@ def _not_found(exc: ClientError) -> bool:
     return error.get("Code") in _NOT_FOUND or status == 404
 
 
+# The store is busy, starting, failing or refusing our credentials: the request may work later.
+_UNAVAILABLE_CODES = {
+    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+    "RequestTimeout", "ServiceUnavailable", "InternalError", "OperationAborted",
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+}  # fmt: skip
+_UNAVAILABLE_BOTOCORE = (
+    botocore.exceptions.ConnectionError,  # refused, reset, connect and read timeouts
+    botocore.exceptions.HTTPClientError,
+    botocore.exceptions.IncompleteReadError,
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.NoCredentialsError,
+)
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store cannot serve now (503), rather than that we asked wrong."""
+    if isinstance(exc, ClientError):
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        code = exc.response.get("Error", {}).get("Code")
+        return status >= 500 or status in (403, 408, 429) or code in _UNAVAILABLE_CODES
+    if isinstance(exc, BotoCoreError):
+        return isinstance(exc, _UNAVAILABLE_BOTOCORE)
+    return True  # aiohttp's connection errors, timeouts, OSError: the store is out of reach
+
+
 @contextmanager
 def _errors(what: str) -> Iterator[None]:
-    """Turn the client's failures into ``ObjectStoreError`` (storage errors are ``OSError``)."""
+    """The one place the client's failures are translated: the store out of reach, failing or
+    throttling is ``DependencyUnavailable`` (503, the client retries); anything else is an
+    ``ObjectStoreError``."""
     try:
         yield
     except ObjectStoreError:
         raise
-    except (ClientError, BotoCoreError, aiohttp.ClientError, TimeoutError) as exc:
+    except (ClientError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
+        if _unavailable(exc):
+            raise DependencyUnavailable("object store", f"{what} failed: {exc!r}") from exc
         raise ObjectStoreError(f"object store: {what} failed: {exc}") from exc
 
 
@@ -126,6 +160,9 @@ class S3Options:
     part_size: int = 8 * MiB
     copy_part_size: int = 256 * MiB
     max_connections: int = 64
+    connect_timeout: float = 3.0  # seconds to open a connection to the store
+    read_timeout: float = 20.0  # seconds to wait for the store's next byte
+    max_attempts: int = 3  # tries per request (botocore's standard retries), the first included
 
 
 @dataclass
@@ -231,6 +268,7 @@ class _S3StagingWriter:
         self._staging.store(self._session)
 
     async def close(self) -> int:
+        storage_fault_point("staging.close")  # tests: the buffer never reaches the store
         if self._dirty and self._buffer:
             if len(self._buffer) >= MIN_PART_SIZE:
                 await self._flush_part()
@@ -272,7 +310,10 @@ class S3BlobStore:
             signature_version="s3v4",
             s3={"addressing_style": self.options.addressing_style},
             max_pool_connections=self.options.max_connections,
-            retries={"mode": "standard", "max_attempts": 4},
+            # Bounded: a store that is down fails the request in seconds (503), never in minutes.
+            connect_timeout=self.options.connect_timeout,
+            read_timeout=self.options.read_timeout,
+            retries={"mode": "standard", "max_attempts": self.options.max_attempts},
             # Third-party stores vary in their support for the newer default checksums.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
