@@ -363,3 +363,7 @@ def db_current(data_dir: Path | None, config_file: Path | None) -> None:
 from dockyard.client.commands import register as _register_client_commands  # noqa: E402
 
 _register_client_commands(main)
+
+from dockyard.events.commands import register as _register_event_commands  # noqa: E402
+
+_register_event_commands(main)

@@ -180,6 +180,171 @@ class ProxySettings(BaseModel):
         return value.rstrip("/") if value else None
 
 
+EVENT_TYPES = (
+    "manifest.pushed",
+    "manifest.deleted",
+    "tag.deleted",
+    "repository.deleted",
+    "blob.mounted",
+    "manifest.pulled",
+)
+
+
+class EventSink(BaseModel):
+    """An HTTP endpoint that receives events (README "Events"): CloudEvents 1.0, structured mode."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="names its queue and metrics")
+    url: str = Field(description="http:// or https:// URL the events are POSTed to")
+    headers: dict[str, str] = Field(default_factory=dict, description="sent with every event")
+    secret: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key: the body's signature goes in the X-Dockyard-Signature header"
+    )
+    repositories: list[str] = Field(
+        default_factory=lambda: ["**"], description="repository globs (* within a component, ** across)"
+    )
+    types: list[str] = Field(
+        default_factory=list, description="event types (e.g. manifest.pushed); empty: all but manifest.pulled"
+    )
+    timeout_seconds: float = Field(10.0, gt=0, description="an answer slower than this is a failed attempt")
+    ca_cert: Path | None = Field(None, description="CA bundle to verify the endpoint's certificate")
+    insecure_tls: bool = Field(False, description="do not verify the endpoint's certificate")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("an event sink's url must be an http:// or https:// URL")
+        return value
+
+    @field_validator("types")
+    @classmethod
+    def _check_types(cls, value: list[str]) -> list[str]:
+        unknown = [t for t in value if t.removeprefix("dev.dockyard.") not in EVENT_TYPES]
+        if unknown:
+            raise ValueError(f"unknown event types {unknown}; known: {', '.join(EVENT_TYPES)}")
+        return [t.removeprefix("dev.dockyard.") for t in value]
+
+
+class EventsSettings(BaseModel):
+    """Events and their delivery (README "Events"). On when a sink or a replication rule exists."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool | None = Field(
+        None, description="record events; default: when any sink or replication rule is configured"
+    )
+    source: str | None = Field(
+        None, description="the CloudEvents source: the registry's public URL; default http(s)://<listen>"
+    )
+    manifest_pulls: bool = Field(False, description="also record manifest.pulled (a write per pull)")
+    sinks: list[EventSink] = Field(default_factory=list, description="HTTP endpoints that receive events")
+    max_attempts: int = Field(12, ge=1, description="failed attempts before an event is dead-lettered")
+    retry_initial_seconds: float = Field(1.0, gt=0, description="the first back-off; it doubles per failure")
+    retry_max_seconds: float = Field(300.0, gt=0, description="the longest back-off")
+    poll_seconds: float = Field(1.0, gt=0, description="how often each node looks for events to deliver")
+    concurrency: int = Field(4, ge=1, le=64, description="repositories delivered to in parallel, per sink")
+    retention_seconds: float = Field(
+        7 * 24 * 3600.0, ge=0, description="delivered events are kept this long (dead letters until purged)"
+    )
+
+
+class ReplicationRule(BaseModel):
+    """Push what is pushed here to another registry (README "Replication"), driven by events."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="names its queue and metrics")
+    url: str = Field(description="the target registry, e.g. https://registry.example.com")
+    repositories: list[str] = Field(default_factory=lambda: ["**"], description="repository globs")
+    tags: str = Field(".*", description="regular expression (full match) for the tags to copy")
+    untagged: bool = Field(False, description="also copy manifests pushed by digest without a tag")
+    prefix: str = Field("", description="put copies under this prefix on the target (e.g. mirror/)")
+    deletes: bool = Field(False, description="also delete tags on the target when they are deleted here")
+    username: str | None = Field(None, description="user name at the target (Basic, or for its token realm)")
+    password: SecretStr | None = Field(None, description="password at the target")
+    ca_cert: Path | None = Field(None, description="CA bundle to verify the target's certificate")
+    insecure_tls: bool = Field(False, description="do not verify the target's certificate")
+    referrers: bool = Field(True, description="copy signatures, SBOMs and other referrers along")
+    timeout_seconds: float = Field(60.0, gt=0, description="no byte sent or received this long fails a copy")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("a replication target's url must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("tags")
+    @classmethod
+    def _check_tags(cls, value: str) -> str:
+        import re
+
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"replication tags: not a regular expression: {exc}") from exc
+        return value
+
+
+class SyncRule(BaseModel):
+    """Pull repositories from an upstream registry on a schedule (docs/events.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="names the rule in status")
+    url: str = Field(description="the upstream registry, e.g. https://registry.example.com")
+    repositories: list[str] = Field(min_length=1, description="repository names on the upstream")
+    tags: str = Field(".*", description="regular expression (full match) for the tags to pull")
+    prefix: str = Field("", description="put copies under this prefix here (e.g. upstream/)")
+    interval_seconds: float = Field(300.0, gt=0, description="how often to look for new or moved tags")
+    username: str | None = Field(None, description="user name at the upstream")
+    password: SecretStr | None = Field(None, description="password at the upstream")
+    ca_cert: Path | None = Field(None, description="CA bundle to verify the upstream's certificate")
+    insecure_tls: bool = Field(False, description="do not verify the upstream's certificate")
+    referrers: bool = Field(True, description="pull signatures, SBOMs and other referrers along")
+    timeout_seconds: float = Field(60.0, gt=0, description="no byte sent or received this long fails a copy")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("a sync upstream's url must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("tags")
+    @classmethod
+    def _check_tags(cls, value: str) -> str:
+        import re
+
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"sync tags: not a regular expression: {exc}") from exc
+        return value
+
+
+class ReplicationSettings(BaseModel):
+    """Where to copy pushed images (README "Replication"); the source is this registry itself."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rules: list[ReplicationRule] = Field(
+        default_factory=list, description="copy what is pushed here elsewhere"
+    )
+    sync: list[SyncRule] = Field(
+        default_factory=list, description="pull from upstream registries on a schedule"
+    )
+    source_url: str | None = Field(
+        None, description="how the copier reaches this registry; default http(s)://<listen>"
+    )
+    source_username: str | None = Field(
+        None, description="credentials to pull from this registry (rules) and push to it (sync)"
+    )
+    source_password: SecretStr | None = Field(None, description="the password of source_username")
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "dockyard"
@@ -260,6 +425,8 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     gc: GcSettings = Field(default_factory=GcSettings)
     proxy: ProxySettings = Field(default_factory=ProxySettings)
+    events: EventsSettings = Field(default_factory=EventsSettings)
+    replication: ReplicationSettings = Field(default_factory=ReplicationSettings)
     log_level: str = Field("info", description="debug, info, warning or error")
     access_log: bool = Field(False, description="log every request")
 
@@ -286,6 +453,34 @@ class Settings(BaseSettings):
         if self.storage == "s3" and not self.s3.bucket:
             raise ValueError("storage s3 needs s3.bucket (DOCKYARD_S3__BUCKET)")
         return self
+
+    @model_validator(mode="after")
+    def _check_event_names(self) -> Settings:
+        names = [s.name for s in self.events.sinks] + [
+            f"replication.{r.name}" for r in self.replication.rules
+        ]
+        names += [f"sync.{r.name}" for r in self.replication.sync]
+        if len(set(names)) != len(names):
+            raise ValueError("event sink and replication rule names must be unique")
+        return self
+
+    @property
+    def local_url(self) -> str:
+        """This server as a client on the same machine reaches it (loopback for 0.0.0.0)."""
+        host = self.host
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{'https' if self.tls_cert else 'http'}://{host}:{self.port}"
+
+    @property
+    def events_enabled(self) -> bool:
+        if self.events.enabled is not None:
+            return self.events.enabled
+        return bool(self.events.sinks or self.replication.rules)
 
     @property
     def host(self) -> str:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from dockyard.auth.access import matches
+from dockyard.clock import wall_clock
 from dockyard.config import Settings
+from dockyard.metadata.outbox import Destination, Outbox
 from dockyard.metadata.store import SqlMetadataStore
 from dockyard.registry.ports import BlobStore, Upstream
 from dockyard.registry.pullthrough import PullThroughRegistry
 from dockyard.registry.service import Policy, Registry
 from dockyard.storage.filesystem import FilesystemBlobStore
+
+if TYPE_CHECKING:
+    from dockyard.events.delivery import Deliverer
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -20,6 +29,7 @@ def policy_from(settings: Settings) -> Policy:
         max_page_size=settings.max_page_size,
         link_refresh_seconds=settings.gc.grace_seconds / 2,
         takeover_after_seconds=settings.takeover_after_seconds,
+        pull_events=settings.events_enabled and settings.events.manifest_pulls,
     )
 
 
@@ -82,6 +92,8 @@ def build_registry(settings: Settings) -> Registry:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     blobs = build_blob_store(settings)
     meta = build_metadata_store(settings)
+    if settings.events_enabled:
+        meta.outbox = build_outbox(settings)
     if settings.proxy.remote_url:
         proxy = settings.proxy
         return PullThroughRegistry(
@@ -113,3 +125,57 @@ def build_upstream(settings: Settings) -> Upstream:
         user_agent="dockyard-pull-through",
     )
     return HttpUpstream(proxy.remote_url, options, settings.manifest_max_bytes)
+
+
+def _destination(name: str, types: frozenset[str], globs: tuple[str, ...]) -> Destination:
+    def wants(type_: str, repository: str) -> bool:
+        return type_ in types and any(matches(glob, repository) for glob in globs)
+
+    return Destination(name, wants)
+
+
+def build_outbox(settings: Settings) -> Outbox:
+    """What records events: the envelope's source, and the sinks and rules each event goes to."""
+    from dockyard.events.replication import PREFIX, rule_wants
+    from dockyard.events.sinks import sink_wants
+
+    destinations = [_destination(sink.name, *sink_wants(sink)) for sink in settings.events.sinks]
+    destinations += [
+        _destination(PREFIX + rule.name, *rule_wants(rule)) for rule in settings.replication.rules
+    ]
+    source = settings.events.source or settings.local_url
+    return Outbox(source, destinations, manifest_pulls=settings.events.manifest_pulls, clock=wall_clock())
+
+
+def build_deliverer(settings: Settings, meta: SqlMetadataStore) -> Deliverer | None:
+    """The delivery loop over the configured sinks and replication rules (None: nothing to do)."""
+    from dockyard.events.delivery import Deliverer, Target
+    from dockyard.events.replication import ReplicationTarget
+    from dockyard.events.sinks import HttpSink
+
+    targets: list[Target] = [HttpSink(sink) for sink in settings.events.sinks]
+    source_url = settings.replication.source_url or settings.local_url
+    targets += [
+        ReplicationTarget(rule, settings.replication, source_url) for rule in settings.replication.rules
+    ]
+    if not targets or not settings.events_enabled:
+        return None
+    deliverer = Deliverer(meta, meta.event_log(), targets, settings.events, clock=wall_clock())
+    if meta.outbox is not None:
+        meta.outbox.on_write = deliverer.wake
+    return deliverer
+
+
+def build_background(settings: Settings, meta: SqlMetadataStore) -> list[Coroutine[Any, Any, None]]:
+    """What runs beside the server for events and replication: the delivery loop, the syncs."""
+    from dockyard.events.sync import Syncer
+
+    jobs: list[Coroutine[Any, Any, None]] = []
+    deliverer = build_deliverer(settings, meta)
+    if deliverer is not None:
+        jobs.append(deliverer.run())
+    source_url = settings.replication.source_url or settings.local_url
+    for rule in settings.replication.sync:
+        syncer = Syncer(rule, settings.replication, source_url, meta, meta.event_log(), clock=wall_clock())
+        jobs.append(syncer.run())
+    return jobs

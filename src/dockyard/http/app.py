@@ -5,20 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from dockyard.clock import wall_clock
 from dockyard.config import Settings
 from dockyard.gc import collect
-from dockyard.http import auth, blobs, browse, direct, discovery, health, manifests, uploads
-from dockyard.http.common import BODY_TIMEOUT, REGISTRY, continue_middleware, defer_continue
+from dockyard.http import auth, blobs, browse, direct, discovery, health, manifests, replication_page, uploads
+from dockyard.http.common import BODY_TIMEOUT, EVENT_FIGURES, REGISTRY, continue_middleware, defer_continue
 from dockyard.http.drain import DRAIN, Drain
 from dockyard.http.errors import API_VERSION_HEADER, Handler, error_middleware
 from dockyard.http.metrics import REQUEST_METRICS, RequestMetrics
+from dockyard.metadata.store import SqlMetadataStore
 from dockyard.registry.pullthrough import PullThroughRegistry
 from dockyard.registry.service import Registry
-from dockyard.wiring import build_registry
+from dockyard.wiring import build_background, build_registry
 
 log = logging.getLogger("dockyard")
 
@@ -66,6 +68,7 @@ BROWSE_ROUTES: list[tuple[str, str, Handler, str | None]] = [
     ("GET", "/ui/", browse.list_repositories, "catalog"),
     ("GET", f"/ui/r/{NAME}/manifests/{{reference}}", browse.show_manifest, "pull"),
     ("GET", f"/ui/r/{NAME}", browse.show_repository, "pull"),
+    ("GET", "/ui/replication", replication_page.show_replication, "metrics"),
     ("GET", "/ui/operations", browse.operations, "admin"),
     ("GET", "/ui/{rest:.*}", browse.not_found, "public"),
 ]
@@ -90,6 +93,26 @@ async def _purge_loop(core: Registry, interval: float) -> None:
                 log.info("purged %d stale upload session(s)", purged)
         except Exception:
             log.exception("purging stale upload sessions failed")
+
+
+def _event_figures(
+    meta: SqlMetadataStore, settings: Settings
+) -> Callable[[], Awaitable[dict[str, dict[str, float]]]]:
+    """Per configured sink and replication rule (and any other the queue still holds)."""
+    names = [s.name for s in settings.events.sinks] + [
+        f"replication.{r.name}" for r in settings.replication.rules
+    ]
+    names += [f"sync.{r.name}" for r in settings.replication.sync]
+
+    clock = wall_clock()
+
+    async def figures() -> dict[str, dict[str, float]]:
+        found = await meta.event_log().sink_figures(clock())
+        for name in names:
+            found.setdefault(name, {})
+        return found
+
+    return figures
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -118,6 +141,8 @@ def create_app(settings: Settings) -> web.Application:
     app[BODY_TIMEOUT] = settings.body_timeout_seconds
     app[DRAIN] = Drain()
     health.install(app)
+    if (settings.events_enabled or settings.replication.sync) and isinstance(core.meta, SqlMetadataStore):
+        app[EVENT_FIGURES] = _event_figures(core.meta, settings)
     auth.install(app, settings)
     for route in app.router.routes():
         # A metrics label: the handler's name, never the path (it holds repository names).
@@ -127,6 +152,8 @@ def create_app(settings: Settings) -> web.Application:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await core.meta.open()
         tasks = [asyncio.create_task(_purge_loop(core, settings.upload_purge_interval_seconds))]
+        if isinstance(core.meta, SqlMetadataStore):
+            tasks += [asyncio.create_task(job) for job in build_background(settings, core.meta)]
         if settings.gc.interval_seconds > 0:
             tasks.append(asyncio.create_task(_gc_loop(core, settings)))
         yield

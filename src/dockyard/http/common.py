@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -23,6 +23,9 @@ log = logging.getLogger("dockyard.http")
 
 REGISTRY = web.AppKey("registry", Registry)
 BODY_TIMEOUT = web.AppKey("body_timeout", float)
+#: per event sink (and replication rule): its figures for /metrics (events on only)
+EventFigures = Callable[[], Awaitable[dict[str, dict[str, float]]]]
+EVENT_FIGURES: web.AppKey[EventFigures] = web.AppKey("event_figures")
 HEARTBEAT_SECONDS = 1.0  # while a body stalls, body_stream yields b"" this often
 _CONTINUE_PENDING = "dockyard.continue_pending"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from dockyard.http import auth
-from dockyard.http.common import json_response, next_link, registry, repository
+from dockyard.http.common import EVENT_FIGURES, json_response, next_link, registry, repository
 from dockyard.http.metrics import REQUEST_METRICS
 from dockyard.registry.digests import Digest
 from dockyard.registry.manifests import OCI_INDEX, referrers_index
@@ -76,5 +76,49 @@ async def metrics(request: web.Request) -> web.Response:
     for name, kind, help_text, key in _METRICS:
         if key in stats:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {stats[key]:.17g}"]
+    figures = request.app.get(EVENT_FIGURES)
+    if figures is not None:
+        lines += _event_lines(await figures())
     body = "".join(line + "\n" for line in lines).encode() + request.app[REQUEST_METRICS].render()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+_EVENT_METRICS = [
+    ("dockyard_events_pending", "gauge", "events waiting for delivery", "pending"),
+    ("dockyard_events_dead", "gauge", "dead-lettered events (until redelivered or purged)", "dead"),
+    (
+        "dockyard_events_oldest_pending_age_seconds",
+        "gauge",
+        "age of the oldest event waiting for delivery (0: none)",
+        "oldest_pending_age",
+    ),
+    ("dockyard_events_delivered_total", "counter", "events delivered", "delivered_total"),
+    ("dockyard_events_failed_total", "counter", "failed delivery attempts", "failed_total"),
+    ("dockyard_events_dead_lettered_total", "counter", "events dead-lettered", "dead_total"),
+    (
+        "dockyard_events_last_success_timestamp_seconds",
+        "gauge",
+        "when an event was last delivered",
+        "last_success",
+    ),
+    (
+        "dockyard_events_last_failure_timestamp_seconds",
+        "gauge",
+        "when a delivery last failed",
+        "last_failure",
+    ),
+]
+_ALWAYS = {"pending", "dead", "oldest_pending_age", "delivered_total", "failed_total", "dead_total"}
+
+
+def _event_lines(figures: dict[str, dict[str, float]]) -> list[str]:
+    """Per sink (replication rules as ``replication.<name>``), the same for every node."""
+    lines = []
+    for name, kind, help_text, key in _EVENT_METRICS:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        for sink in sorted(figures):
+            value = figures[sink].get(key, 0.0 if key in _ALWAYS else None)
+            if value is not None:
+                label = sink.replace("\\", "\\\\").replace('"', '\\"')
+                lines.append(f'{name}{{sink="{label}"}} {value:.17g}')
+    return lines

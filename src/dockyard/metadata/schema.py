@@ -129,3 +129,54 @@ uploads = Table(
     Index("ix_uploads_repository", "repository"),
     Index("ix_uploads_updated_at", "updated_at"),
 )
+
+# -- events (metadata/outbox.py) ------------------------------------------------------------------
+
+# A 64-bit sequence on PostgreSQL; SQLite's INTEGER PRIMARY KEY (its rowid) is 64-bit already.
+SEQ = BigInteger().with_variant(Integer, "sqlite")
+
+# The outbox: one row per event, written in the transaction of the change it reports. ``body``
+# is the CloudEvents envelope as it will be sent, fixed when written (its id and time included).
+events = Table(
+    "events",
+    metadata,
+    Column("seq", SEQ, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("type", String(100), nullable=False),
+    Column("repository", NAME, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("body", Text, nullable=False),
+    Index("ix_events_created_at", "created_at"),
+)
+
+# One row per event and sink (or replication rule) it goes to, written with the event.
+# ``state``: pending, delivered or dead. A sink receives a repository's events in ``seq`` order.
+event_deliveries = Table(
+    "event_deliveries",
+    metadata,
+    Column("sink", String(100), nullable=False),
+    Column("seq", SEQ, nullable=False),
+    Column("repository", NAME, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("created_at", Float, nullable=False),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("delivered_at", Float),
+    Column("last_error", Text),
+    PrimaryKeyConstraint("sink", "seq"),
+    Index("ix_event_deliveries_queue", "sink", "state", "repository", "seq"),
+    Index("ix_event_deliveries_seq", "seq"),
+)
+
+# Counters per sink for /metrics (they outlive the rows purged after the retention time).
+event_sink_stats = Table(
+    "event_sink_stats",
+    metadata,
+    Column("sink", String(100), primary_key=True),
+    Column("delivered", BigInteger, nullable=False, server_default="0"),
+    Column("failed", BigInteger, nullable=False, server_default="0"),
+    Column("dead", BigInteger, nullable=False, server_default="0"),
+    Column("last_success_at", Float),
+    Column("last_failure_at", Float),
+    Column("last_error", Text),
+)

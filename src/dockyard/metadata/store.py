@@ -31,6 +31,7 @@ from dockyard.metadata import probe
 from dockyard.metadata import schema as s
 from dockyard.metadata.browsing import BrowsingQueries
 from dockyard.metadata.faults import DISK_FULL, GuardedEngine, database_faults
+from dockyard.metadata.outbox import EventLog, Outbox
 from dockyard.metadata.pglocks import MIGRATIONS_KEY, XACT_LOCK, AdvisoryLocks
 from dockyard.registry import errors
 from dockyard.registry.digests import Digest
@@ -321,6 +322,8 @@ class SqlMetadataStore(BrowsingQueries):
         self._hot: _SqliteHotReads | None = None
         self._pg_locks: AdvisoryLocks | None = None  # cross-node locks on PostgreSQL
         self._pg_reads: CachedReads | None = None  # the pull hot path on PostgreSQL
+        #: when set, every change writes its event in its own transaction (metadata/outbox.py)
+        self.outbox: Outbox | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -518,7 +521,14 @@ class SqlMetadataStore(BrowsingQueries):
             return list((await conn.execute(q)).scalars())
 
     @_changes_cached_facts
-    async def link_blob(self, repository: str, digest: Digest, size: int) -> None:
+    async def link_blob(
+        self,
+        repository: str,
+        digest: Digest,
+        size: int,
+        mounted_from: str | None = None,
+        mounted: bool = False,
+    ) -> None:
         now = self._clock()
         async with self._begin() as conn:
             await self._ensure_repository(conn, repository)
@@ -538,6 +548,8 @@ class SqlMetadataStore(BrowsingQueries):
                     index_elements=[link.c.repository, link.c.digest], set_={"created_at": now}
                 )
             )
+            if mounted and self.outbox is not None:
+                await self.outbox.blob_mounted(conn, repository, str(digest), size, mounted_from)
 
     @_changes_cached_facts
     async def touch_link(self, repository: str, digest: Digest) -> None:
@@ -640,6 +652,8 @@ class SqlMetadataStore(BrowsingQueries):
                         set_={"digest": digest, "updated_at": now},
                     )
                 )
+            if self.outbox is not None:
+                await self.outbox.manifest_pushed(conn, repository, record, tags)
 
     async def _check_refs_still_there(
         self, conn: AsyncConnection, repository: str, refs: Sequence[ManifestRef], now: float
@@ -717,9 +731,14 @@ class SqlMetadataStore(BrowsingQueries):
             )
             if not result.rowcount:
                 return False
-            await conn.execute(
-                delete(s.tags).where(s.tags.c.repository == repository, s.tags.c.digest == str(digest))
+            untagged = await conn.execute(
+                delete(s.tags)
+                .where(s.tags.c.repository == repository, s.tags.c.digest == str(digest))
+                .returning(s.tags.c.name)
             )
+            tags = list(untagged.scalars())  # (read whole: a cursor left open may hold the statement)
+            if self.outbox is not None:
+                await self.outbox.manifest_deleted(conn, repository, str(digest), tags)
             await conn.execute(
                 delete(s.manifest_refs).where(
                     s.manifest_refs.c.repository == repository, s.manifest_refs.c.manifest == str(digest)
@@ -731,9 +750,14 @@ class SqlMetadataStore(BrowsingQueries):
     async def delete_tag(self, repository: str, tag: str) -> bool:
         async with self._begin() as conn:
             result = await conn.execute(
-                delete(s.tags).where(s.tags.c.repository == repository, s.tags.c.name == tag)
+                delete(s.tags)
+                .where(s.tags.c.repository == repository, s.tags.c.name == tag)
+                .returning(s.tags.c.digest)
             )
-            return bool(result.rowcount)
+            digest = result.scalar()
+            if digest is not None and self.outbox is not None:
+                await self.outbox.tag_deleted(conn, repository, tag, digest)
+            return digest is not None
 
     async def list_tags(self, repository: str, limit: int, last: str | None) -> list[str]:
         q = (
@@ -1008,6 +1032,9 @@ class SqlMetadataStore(BrowsingQueries):
             await conn.execute(
                 delete(refs).where(refs.c.repository == repository, refs.c.manifest.in_(victims))
             )
+            if self.outbox is not None:
+                for victim in sorted(victims):
+                    await self.outbox.manifest_deleted(conn, repository, victim, [], reason="gc")
             return sorted(Digest.parse(d) for d in victims)
 
     def _unreferenced_links(self, repository: str, cutoff: float) -> Any:
@@ -1073,6 +1100,8 @@ class SqlMetadataStore(BrowsingQueries):
                     s.tags.c.repository == repository, s.tags.c.name == tag, s.tags.c.digest == str(digest)
                 )
             )
+            if result.rowcount and self.outbox is not None:
+                await self.outbox.tag_deleted(conn, repository, tag, str(digest), reason="retention")
             return bool(result.rowcount)
 
     async def list_tag_records(self, repository: str) -> list[tuple[str, Digest, float]]:
@@ -1093,6 +1122,8 @@ class SqlMetadataStore(BrowsingQueries):
             for table in (s.tags, s.manifest_refs, s.manifests, s.repository_blobs, s.uploads):
                 await conn.execute(delete(table).where(table.c.repository == repository))
             result = await conn.execute(delete(s.repositories).where(s.repositories.c.name == repository))
+            if result.rowcount and self.outbox is not None:
+                await self.outbox.repository_deleted(conn, repository)
             return bool(result.rowcount)
 
     async def record_login_failure(self, keys: list[str]) -> None:
@@ -1153,6 +1184,17 @@ class SqlMetadataStore(BrowsingQueries):
             if last is not None:
                 stats["gc_last_started"], stats["gc_last_duration"] = float(last[0]), float(last[1])
             return stats
+
+    async def record_pull(self, repository: str, record: ManifestRecord, reference: str) -> None:
+        """A manifest.pulled event, when the outbox records pulls (its own transaction)."""
+        if self.outbox is None or not self.outbox.manifest_pulls:
+            return
+        async with self._begin() as conn:
+            await self.outbox.manifest_pulled(conn, repository, record, reference)
+
+    def event_log(self) -> EventLog:
+        """The events' delivery queue (metadata/outbox.py), over this store's connections."""
+        return EventLog(self._read.connect, self._begin, self._insert)
 
     @asynccontextmanager
     async def lock_upload(self, upload_id: str) -> AsyncIterator[bool]:

@@ -300,7 +300,17 @@ class MetadataStore(Protocol):
         """Repositories that link the blob (for mounts without ``from``)."""
         ...
 
-    async def link_blob(self, repository: str, digest: Digest, size: int) -> None: ...
+    async def link_blob(
+        self,
+        repository: str,
+        digest: Digest,
+        size: int,
+        mounted_from: str | None = None,
+        mounted: bool = False,
+    ) -> None:
+        """Link a blob into a repository; ``mounted``: a mount (from ``mounted_from``, when known),
+        reported as an event with the link."""
+        ...
 
     async def unlink_blob(self, repository: str, digest: Digest) -> bool: ...
 
@@ -457,6 +467,10 @@ class MetadataStore(Protocol):
         ...
 
     async def record_gc_run(self, run: dict[str, Any]) -> None: ...
+
+    async def record_pull(self, repository: str, record: ManifestRecord, reference: str) -> None:
+        """Report a manifest pull as an event, when events record pulls (else nothing)."""
+        ...
 
     async def statistics(self) -> dict[str, float]:
         """Figures for /metrics: bytes and counts stored, the last collection."""

@@ -59,6 +59,7 @@ class Policy:
     manifest_cache_bytes: int = 64 * 1024 * 1024
     link_refresh_seconds: float = 1800.0  # half of GC's default grace period
     takeover_after_seconds: float = 5.0  # a stalled body yields its session to a newer request
+    pull_events: bool = False  # report manifest GETs as events (a write per pull)
 
 
 class IncomingBlob(Protocol):
@@ -216,6 +217,8 @@ class Registry:
             with _storage_errors():
                 data = await self.blobs.read_all(record.digest)
             self._manifests.put(record.digest, data)
+        if self.policy.pull_events:
+            await self.meta.record_pull(repository, record, str(reference))
         return record, data
 
     async def manifest_record(self, repository: str, reference: Reference) -> ManifestRecord:
@@ -473,21 +476,22 @@ class Registry:
 
         Without ``source``, any repository holding the blob that ``may_read`` admits will do.
         """
+        origin = source  # where the blob is mounted from (unknown when any repository would do)
         if source is not None:
             size = await self.meta.linked_blob_size(source, digest)
         elif may_read is None:
             size = await self.meta.blob_size(digest)
         else:
             holders = await self.meta.repositories_with_blob(digest, 1000)
-            readable = next((r for r in holders if may_read(r)), None)
-            size = await self.meta.linked_blob_size(readable, digest) if readable else None
+            origin = next((r for r in holders if may_read(r)), None)
+            size = await self.meta.linked_blob_size(origin, digest) if origin else None
         if size is None:
             return None
         async with self.meta.lock_blob(digest):
             if await self.blobs.stat(digest) is None:
                 return None
             database_fault_point("mount.link")
-            await self.meta.link_blob(repository, digest, size)
+            await self.meta.link_blob(repository, digest, size, mounted_from=origin, mounted=True)
         return size
 
     async def upload_status(self, repository: str, upload_id: str, owner: str | None = None) -> UploadSession:
