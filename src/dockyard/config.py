@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -250,6 +251,20 @@ class EventsSettings(BaseModel):
     )
 
 
+def _registry_url(value: str, what: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"{what} must be an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+def _regular_expression(value: str, what: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"{what}: not a regular expression: {exc}") from exc
+    return value
+
+
 class ReplicationRule(BaseModel):
     """Push what is pushed here to another registry (README "Replication"), driven by events."""
 
@@ -272,20 +287,12 @@ class ReplicationRule(BaseModel):
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("a replication target's url must be an http:// or https:// URL")
-        return value.rstrip("/")
+        return _registry_url(value, "a replication target's url")
 
     @field_validator("tags")
     @classmethod
     def _check_tags(cls, value: str) -> str:
-        import re
-
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"replication tags: not a regular expression: {exc}") from exc
-        return value
+        return _regular_expression(value, "replication tags")
 
 
 class SyncRule(BaseModel):
@@ -309,20 +316,12 @@ class SyncRule(BaseModel):
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("a sync upstream's url must be an http:// or https:// URL")
-        return value.rstrip("/")
+        return _registry_url(value, "a sync upstream's url")
 
     @field_validator("tags")
     @classmethod
     def _check_tags(cls, value: str) -> str:
-        import re
-
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"sync tags: not a regular expression: {exc}") from exc
-        return value
+        return _regular_expression(value, "sync tags")
 
 
 class ReplicationSettings(BaseModel):

@@ -17,7 +17,7 @@ from dockyard.client.copy import copy_image
 from dockyard.client.progress import Progress
 from dockyard.client.reference import ImageReference
 from dockyard.client.registry import ClientOptions, Registry, RegistryError
-from dockyard.config import ReplicationRule, ReplicationSettings
+from dockyard.config import ReplicationRule, ReplicationSettings, SyncRule
 from dockyard.metadata.outbox import TYPE_PREFIX, Delivery
 
 PREFIX = "replication."
@@ -26,6 +26,20 @@ PREFIX = "replication."
 def rule_wants(rule: ReplicationRule) -> tuple[frozenset[str], tuple[str, ...]]:
     types = {"manifest.pushed"} | ({"tag.deleted"} if rule.deletes else set())
     return frozenset(types), tuple(rule.repositories)
+
+
+def remote_options(rule: ReplicationRule | SyncRule, user_agent: str) -> ClientOptions:
+    """How the client reaches a rule's other registry: its credentials, TLS and timeout."""
+    return ClientOptions(
+        username=rule.username,
+        password=rule.password.get_secret_value() if rule.password else None,
+        ca_cert=rule.ca_cert,
+        insecure=rule.insecure_tls,
+        connect_timeout=rule.timeout_seconds,
+        idle_timeout=rule.timeout_seconds,
+        retries=3,
+        user_agent=user_agent,
+    )
 
 
 class ReplicationTarget:
@@ -42,16 +56,7 @@ class ReplicationTarget:
             retries=3,
             user_agent="dockyard-replication",
         )
-        target = ClientOptions(
-            username=rule.username,
-            password=rule.password.get_secret_value() if rule.password else None,
-            ca_cert=rule.ca_cert,
-            insecure=rule.insecure_tls,
-            connect_timeout=rule.timeout_seconds,
-            idle_timeout=rule.timeout_seconds,
-            retries=3,
-            user_agent="dockyard-replication",
-        )
+        target = remote_options(rule, "dockyard-replication")
         self._source = Registry(source_url, source)
         self._target = Registry(rule.url, target)
 

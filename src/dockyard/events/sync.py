@@ -20,6 +20,7 @@ from dockyard.client.progress import Progress
 from dockyard.client.reference import ImageReference
 from dockyard.client.registry import ClientOptions, Registry
 from dockyard.config import ReplicationSettings, SyncRule
+from dockyard.events.replication import remote_options
 from dockyard.metadata.outbox import EventLog
 from dockyard.registry.ports import MetadataStore
 
@@ -46,19 +47,7 @@ class Syncer:
         self._meta = meta
         self._events = events
         self._clock = clock
-        self._upstream = Registry(
-            rule.url,
-            ClientOptions(
-                username=rule.username,
-                password=rule.password.get_secret_value() if rule.password else None,
-                ca_cert=rule.ca_cert,
-                insecure=rule.insecure_tls,
-                connect_timeout=rule.timeout_seconds,
-                idle_timeout=rule.timeout_seconds,
-                retries=3,
-                user_agent="dockyard-sync",
-            ),
-        )
+        self._upstream = Registry(rule.url, remote_options(rule, "dockyard-sync"))
         self._local = Registry(
             local_url,
             ClientOptions(
