@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
@@ -41,6 +40,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+from distribution import Node, add_distribution_option, start_distribution, stop  # noqa: E402
 from procs import CpuMeter, free_port, hey, wait_http, wrk  # noqa: E402
 from tests.support.services import PostgresServer, SeaweedFS, SharedBackends  # noqa: E402
 
@@ -50,21 +50,6 @@ TTL = 5.0
 Image = tuple[
     bytes, str, bytes
 ]  # manifest bytes, digest, config bytes  # the default cache_ttl_seconds the nodes run with
-
-
-def add_distribution_option(parser: argparse.ArgumentParser) -> None:
-    """``--distribution PATH``: also measure CNCF Distribution's ``registry`` binary."""
-    parser.add_argument(
-        "--distribution", type=Path, help="CNCF Distribution's registry binary: measure it on the same bucket"
-    )
-
-
-@dataclass
-class Node:
-    name: str
-    url: str
-    proc: subprocess.Popen[bytes]
-    log: Path
 
 
 @dataclass
@@ -92,51 +77,24 @@ def start_dockyard(name: str, work: Path, env: dict[str, str]) -> Node:
     return Node(name, url, proc, log)
 
 
-def start_distribution(binary: Path, work: Path, s3: SeaweedFS) -> Node:
-    port = free_port()
-    config = work / "distribution.yml"
-    config.write_text(
-        json.dumps(
-            {
-                "version": 0.1,
-                "log": {"level": "error", "accesslog": {"disabled": True}},
-                "storage": {
-                    "s3": {
-                        "accesskey": s3.access_key,
-                        "secretkey": s3.secret_key,
-                        "region": s3.region,
-                        "regionendpoint": s3.endpoint,
-                        "forcepathstyle": True,
-                        "bucket": s3.bucket,
-                        "rootdirectory": "/distribution",
-                        "secure": False,
-                    },
-                    "cache": {"blobdescriptor": "inmemory"},
-                    "delete": {"enabled": True},
-                },
-                "http": {"addr": f"127.0.0.1:{port}", "secret": os.urandom(16).hex()},
-            }
-        )
-    )
-    log = work / "distribution.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [str(binary), "serve", str(config)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/v2/", proc=proc)
-    return Node("distribution", url, proc, log)
-
-
-def stop(node: Node) -> None:
-    if node.proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(node.proc.pid, 15)
-        try:
-            node.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(node.proc.pid, 9)
-            node.proc.wait(timeout=5)
+def start_s3_distribution(binary: Path, work: Path, s3: SeaweedFS) -> Node:
+    """Distribution over the same bucket as the nodes (another prefix), its in-memory blob
+    descriptor cache on."""
+    storage = {
+        "s3": {
+            "accesskey": s3.access_key,
+            "secretkey": s3.secret_key,
+            "region": s3.region,
+            "regionendpoint": s3.endpoint,
+            "forcepathstyle": True,
+            "bucket": s3.bucket,
+            "rootdirectory": "/distribution",
+            "secure": False,
+        },
+        "cache": {"blobdescriptor": "inmemory"},
+        "delete": {"enabled": True},
+    }
+    return start_distribution(binary, work, storage)
 
 
 def digest_of(data: bytes) -> str:
@@ -392,7 +350,7 @@ def main() -> int:
         targets = {f"postgres node {i + 1}": n.url for i, n in enumerate(nodes)}
         targets |= {"postgres node, cache off": off.url, "sqlite node": lite.url}
         if args.distribution:
-            dist = start_distribution(args.distribution, work, s3)
+            dist = start_s3_distribution(args.distribution, work, s3)
             started.append(dist)
             push(dist.url, images)
             targets["distribution"] = dist.url

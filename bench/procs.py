@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -39,13 +40,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_http(
+    url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None, cafile: str | None = None
+) -> None:
+    """Poll ``url`` until it answers (an HTTPS one trusting ``cafile``); fail if ``proc`` exits."""
+    context = ssl.create_default_context(cafile=cafile) if cafile else None
     deadline = time.monotonic() + timeout
     while True:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before answering {url}")
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
+            with urllib.request.urlopen(url, timeout=2, context=context) as resp:
                 resp.read()
                 return
         except OSError:
