@@ -53,6 +53,10 @@ class _MalformedRequests(logging.Filter):
         return True
 
 
+LISTEN_BACKLOG = 1024
+_ACCEPTS_PER_WAKEUP = 1
+
+
 def bind_socket(listen: str) -> socket.socket:
     """The address (``HOST:PORT``), taken (a port in use fails here, at once) but not yet
     listening: until the start-up checks pass, a connection is refused rather than left waiting."""
@@ -108,8 +112,13 @@ async def _serve(settings: Settings, sock: socket.socket, health_sock: socket.so
         shutdown_timeout=1.0,
     )
     await runner.setup()
-    site = web.SockSite(runner, sock, ssl_context=tls_context(settings))
+    # One connection per wake-up of the accept loop: asyncio otherwise accepts up to ``backlog``
+    # at once, so one worker takes a whole burst of new connections (32 clients connecting
+    # together all landed on one worker of two). ``start`` re-listens with the backlog given;
+    # the kernel's queue goes back to its size at once.
+    site = web.SockSite(runner, sock, ssl_context=tls_context(settings), backlog=_ACCEPTS_PER_WAKEUP)
     await site.start()
+    sock.listen(LISTEN_BACKLOG)
     log.info("worker %d serving on the %s event loop", os.getpid(), loop_name())
     probes: web.AppRunner | None = None
     if health_sock is not None:  # health_listen: the probes alone, plain HTTP, answering while draining
@@ -200,7 +209,7 @@ def serve(settings: Settings) -> None:
         # workers race to open it (docs/operations.md "Start-up checks").
         run_loop(wait_for_dependencies(settings), settings.event_loop)
         for listening in sockets:
-            listening.listen(1024)
+            listening.listen(LISTEN_BACKLOG)
     except BaseException:
         for listening in sockets:
             listening.close()

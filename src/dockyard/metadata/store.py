@@ -27,12 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from dockyard.clock import wall_clock
-from dockyard.metadata import probe
+from dockyard.metadata import probe, writes
 from dockyard.metadata import schema as s
 from dockyard.metadata.browsing import BrowsingQueries
 from dockyard.metadata.faults import DISK_FULL, GuardedEngine, database_faults
 from dockyard.metadata.outbox import EventLog, Outbox
 from dockyard.metadata.pglocks import MIGRATIONS_KEY, XACT_LOCK, AdvisoryLocks
+from dockyard.metadata.sqlitewriter import SqliteWriter
 from dockyard.registry import errors
 from dockyard.registry.digests import Digest
 from dockyard.registry.ports import (
@@ -107,6 +108,7 @@ _TAGGED_MANIFEST = (
     .where(s.tags.c.repository == bindparam("repository"), s.tags.c.name == bindparam("tag"))
 )
 _UPLOAD = select(s.uploads).where(s.uploads.c.id == bindparam("id"))
+_REPOSITORY = select(s.repositories.c.name).where(s.repositories.c.name == bindparam("repository"))
 #: on PostgreSQL: name -> (cache key letter, the statement); the letters are migration 0007's
 _HOT_READS = {"size": ("b", _LINKED_SIZE), "manifest": ("m", _MANIFEST), "tag": ("t", _TAGGED_MANIFEST)}
 
@@ -185,6 +187,7 @@ class _SqliteHotReads:
                 ("manifest", _MANIFEST),
                 ("tag", _TAGGED_MANIFEST),
                 ("upload", _UPLOAD),
+                ("repository", _REPOSITORY),
             )
         }
         self._version = -1
@@ -320,6 +323,7 @@ class SqlMetadataStore(BrowsingQueries):
         self._write: GuardedEngine
         self._lock_dir: Path | None = None
         self._hot: _SqliteHotReads | None = None
+        self._writer: SqliteWriter | None = None  # SQLite: the request path's write transactions
         self._pg_locks: AdvisoryLocks | None = None  # cross-node locks on PostgreSQL
         self._pg_reads: CachedReads | None = None  # the pull hot path on PostgreSQL
         #: when set, every change writes its event in its own transaction (metadata/outbox.py)
@@ -365,6 +369,7 @@ class SqlMetadataStore(BrowsingQueries):
             self._read = GuardedEngine(self._sqlite_engine(immediate=False))
             self._write = GuardedEngine(self._sqlite_engine(immediate=True))
             self._hot = _SqliteHotReads(path)
+            self._writer = SqliteWriter(path, lock_path=self._lock_dir / "sqlite-writer")
         else:
             # PostgreSQL: one engine; concurrency by transactions and row locks; session locks
             # (lock_upload, lock_blob, try_lock) are advisory locks on connections of their own.
@@ -439,9 +444,23 @@ class SqlMetadataStore(BrowsingQueries):
                 raise errors.RegistryError(errors.INSUFFICIENT_STORAGE) from exc
             raise
 
+    async def _transact(self, work: Callable[[Connection], _T]) -> _T:
+        """``work`` in one write transaction: on SQLite the writer thread's (grouped with other
+        requests' under one commit), on PostgreSQL the async engine's (``run_sync``)."""
+        if self._writer is not None:
+            return await self._writer.run(work)
+        async with self._begin() as conn:
+            return await conn.run_sync(work)
+
+    def _events_written(self) -> None:
+        if self.outbox is not None:
+            self.outbox.written()
+
     async def close(self) -> None:
         if self._hot is not None:
             self._hot.close()
+        if self._writer is not None:
+            self._writer.close()
         if self._pg_locks is not None:
             await self._pg_locks.close()
         if self._pg_reads is not None:
@@ -458,8 +477,8 @@ class SqlMetadataStore(BrowsingQueries):
     def _insert(self, table: Any) -> Any:
         return (sqlite.insert if self._is_sqlite else postgresql.insert)(table)
 
-    async def _ensure_repository(self, conn: AsyncConnection, repository: str) -> None:
-        await conn.execute(
+    def _ensure_repository(self, conn: Connection, repository: str) -> None:
+        conn.execute(
             self._insert(s.repositories)
             .values(name=repository, created_at=self._clock())
             .on_conflict_do_nothing()
@@ -468,6 +487,8 @@ class SqlMetadataStore(BrowsingQueries):
     # -- repositories and blobs ---------------------------------------------------------------------
 
     async def repository_exists(self, repository: str) -> bool:
+        if self._hot is not None:
+            return bool(self._hot.cached("repository", {"repository": repository}, lambda row: True))
         async with self._read.connect() as conn:
             row = await conn.execute(select(s.repositories.c.name).where(s.repositories.c.name == repository))
             return row.first() is not None
@@ -528,54 +549,50 @@ class SqlMetadataStore(BrowsingQueries):
         size: int,
         mounted_from: str | None = None,
         mounted: bool = False,
+        ending_upload: str | None = None,
     ) -> None:
-        now = self._clock()
-        async with self._begin() as conn:
-            await self._ensure_repository(conn, repository)
-            await conn.execute(
-                self._insert(s.blobs)
-                .values(digest=str(digest), size=size, created_at=now)
-                # row-locks an existing record (see put_manifest and forget_blob)
-                .on_conflict_do_update(index_elements=[s.blobs.c.digest], set_={"size": s.blobs.c.size})
+        outbox = self.outbox if mounted else None
+        await self._transact(
+            functools.partial(
+                writes.link_blob,
+                repository=repository,
+                digest=str(digest),
+                size=size,
+                now=self._clock(),
+                outbox=outbox,
+                mounted_from=mounted_from,
+                ending_upload=ending_upload,
             )
-            # A link made again (re-upload, mount) counts as fresh: garbage collection measures
-            # its grace period from the last time the link was made or used.
-            link = s.repository_blobs
-            await conn.execute(
-                self._insert(link)
-                .values(repository=repository, digest=str(digest), created_at=now)
-                .on_conflict_do_update(
-                    index_elements=[link.c.repository, link.c.digest], set_={"created_at": now}
-                )
-            )
-            if mounted and self.outbox is not None:
-                await self.outbox.blob_mounted(conn, repository, str(digest), size, mounted_from)
+        )
+        if outbox is not None:
+            self._events_written()
+        if ending_upload is not None and self._lock_dir is not None:
+            (self._lock_dir / ending_upload).unlink(missing_ok=True)  # as delete_upload
 
     @_changes_cached_facts
     async def touch_link(self, repository: str, digest: Digest) -> None:
         link = s.repository_blobs
-        async with self._begin() as conn:
-            await conn.execute(
-                update(link)
-                .where(link.c.repository == repository, link.c.digest == str(digest))
-                .values(created_at=self._clock())
-            )
+        statement = (
+            update(link)
+            .where(link.c.repository == repository, link.c.digest == str(digest))
+            .values(created_at=self._clock())
+        )
+        await self._transact(lambda conn: conn.execute(statement))
 
     @_changes_cached_facts
     async def unlink_blob(self, repository: str, digest: Digest) -> bool:
-        async with self._begin() as conn:
-            result = await conn.execute(
-                delete(s.repository_blobs).where(
-                    s.repository_blobs.c.repository == repository,
-                    s.repository_blobs.c.digest == str(digest),
-                )
-            )
-            return bool(result.rowcount)
+        statement = delete(s.repository_blobs).where(
+            s.repository_blobs.c.repository == repository,
+            s.repository_blobs.c.digest == str(digest),
+        )
+        return await self._transact(lambda conn: bool(conn.execute(statement).rowcount))
 
     async def missing_blobs(self, repository: str, digests: Sequence[Digest]) -> list[Digest]:
         wanted = {str(d) for d in digests}
         if not wanted:
             return []
+        if self._hot is not None:  # in the loop (and cached): the push's transaction re-checks
+            return [d for d in digests if await self.linked_blob(repository, d) is None]
         q = select(s.repository_blobs.c.digest).where(
             s.repository_blobs.c.repository == repository, s.repository_blobs.c.digest.in_(wanted)
         )
@@ -587,6 +604,8 @@ class SqlMetadataStore(BrowsingQueries):
         wanted = {str(d) for d in digests}
         if not wanted:
             return []
+        if self._hot is not None:
+            return [d for d in digests if await self.get_manifest(repository, d) is None]
         q = select(s.manifests.c.digest).where(
             s.manifests.c.repository == repository, s.manifests.c.digest.in_(wanted)
         )
@@ -604,86 +623,18 @@ class SqlMetadataStore(BrowsingQueries):
         refs: Sequence[ManifestRef],
         tags: Sequence[str],
     ) -> None:
-        now = self._clock()
-        digest = str(record.digest)
-        async with self._begin() as conn:
-            await self._ensure_repository(conn, repository)
-            await self._check_refs_still_there(conn, repository, refs, now)
-            await conn.execute(
-                self._insert(s.manifests)
-                .values(
-                    repository=repository,
-                    digest=digest,
-                    media_type=record.media_type,
-                    size=record.size,
-                    artifact_type=record.artifact_type,
-                    subject=str(record.subject) if record.subject else None,
-                    annotations=json.dumps(record.annotations) if record.annotations else None,
-                    created_at=now,
-                )
-                # A no-op update rather than "do nothing": it row-locks an existing manifest, so a
-                # concurrent delete_manifest runs wholly before this push (which then inserts it
-                # anew) or wholly after it (and so also removes the tags set here), never between.
-                .on_conflict_do_update(
-                    index_elements=[s.manifests.c.repository, s.manifests.c.digest],
-                    set_={"size": s.manifests.c.size},
-                )
+        await self._transact(
+            functools.partial(
+                writes.put_manifest,
+                repository=repository,
+                record=record,
+                refs=refs,
+                tags=tags,
+                now=self._clock(),
+                outbox=self.outbox,
             )
-            if refs:
-                await conn.execute(
-                    self._insert(s.manifest_refs).on_conflict_do_nothing(),
-                    [
-                        {
-                            "repository": repository,
-                            "manifest": digest,
-                            "digest": str(r.digest),
-                            "kind": r.kind,
-                        }
-                        for r in refs
-                    ],
-                )
-            for tag in tags:
-                stmt = self._insert(s.tags).values(
-                    repository=repository, name=tag, digest=digest, updated_at=now
-                )
-                await conn.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=[s.tags.c.repository, s.tags.c.name],
-                        set_={"digest": digest, "updated_at": now},
-                    )
-                )
-            if self.outbox is not None:
-                await self.outbox.manifest_pushed(conn, repository, record, tags)
-
-    async def _check_refs_still_there(
-        self, conn: AsyncConnection, repository: str, refs: Sequence[ManifestRef], now: float
-    ) -> None:
-        """Inside the manifest's transaction: what it needs is (still) there. Touching the links
-        also tells garbage collection they are in use, so a collection cannot race the push."""
-        blobs = {str(r.digest) for r in refs if r.required and r.kind == "blob"}
-        if blobs:
-            link = s.repository_blobs
-            touched = await conn.execute(
-                update(link)
-                .where(link.c.repository == repository, link.c.digest.in_(blobs))
-                .values(created_at=now)
-            )
-            if (touched.rowcount or 0) != len(blobs):
-                raise errors.RegistryError(
-                    errors.MANIFEST_BLOB_UNKNOWN,
-                    message="a blob the manifest references is not in the repository",
-                )
-        children = {str(r.digest) for r in refs if r.required and r.kind == "manifest"}
-        if children:
-            m = s.manifests
-            found = await conn.execute(
-                select(func.count()).where(m.c.repository == repository, m.c.digest.in_(children))
-            )
-            if (found.scalar() or 0) != len(children):
-                raise errors.RegistryError(
-                    errors.MANIFEST_BLOB_UNKNOWN,
-                    message="a manifest the index references is not in the repository",
-                )
+        )
+        self._events_written()
 
     async def get_manifest(self, repository: str, digest: Digest) -> ManifestRecord | None:
         return await self._one_manifest(
@@ -723,41 +674,44 @@ class SqlMetadataStore(BrowsingQueries):
 
     @_changes_cached_facts
     async def delete_manifest(self, repository: str, digest: Digest) -> bool:
-        async with self._begin() as conn:
-            result = await conn.execute(
+        outbox = self.outbox
+
+        def remove(conn: Connection) -> bool:
+            result = conn.execute(
                 delete(s.manifests).where(
                     s.manifests.c.repository == repository, s.manifests.c.digest == str(digest)
                 )
             )
             if not result.rowcount:
                 return False
-            untagged = await conn.execute(
+            untagged = conn.execute(
                 delete(s.tags)
                 .where(s.tags.c.repository == repository, s.tags.c.digest == str(digest))
                 .returning(s.tags.c.name)
             )
             tags = list(untagged.scalars())  # (read whole: a cursor left open may hold the statement)
-            if self.outbox is not None:
-                await self.outbox.manifest_deleted(conn, repository, str(digest), tags)
-            await conn.execute(
+            if outbox is not None:
+                outbox.manifest_deleted(conn, repository, str(digest), tags)
+            conn.execute(
                 delete(s.manifest_refs).where(
                     s.manifest_refs.c.repository == repository, s.manifest_refs.c.manifest == str(digest)
                 )
             )
             return True
 
+        deleted = await self._transact(remove)
+        if deleted:
+            self._events_written()
+        return deleted
+
     @_changes_cached_facts
     async def delete_tag(self, repository: str, tag: str) -> bool:
-        async with self._begin() as conn:
-            result = await conn.execute(
-                delete(s.tags)
-                .where(s.tags.c.repository == repository, s.tags.c.name == tag)
-                .returning(s.tags.c.digest)
-            )
-            digest = result.scalar()
-            if digest is not None and self.outbox is not None:
-                await self.outbox.tag_deleted(conn, repository, tag, digest)
-            return digest is not None
+        deleted = await self._transact(
+            functools.partial(writes.delete_tag, repository=repository, tag=tag, outbox=self.outbox)
+        )
+        if deleted:
+            self._events_written()
+        return deleted
 
     async def list_tags(self, repository: str, limit: int, last: str | None) -> list[str]:
         q = (
@@ -797,19 +751,7 @@ class SqlMetadataStore(BrowsingQueries):
     # -- upload sessions --------------------------------------------------------------------------
 
     async def create_upload(self, session: UploadSession) -> None:
-        async with self._begin() as conn:
-            await conn.execute(
-                s.uploads.insert().values(
-                    id=session.id,
-                    repository=session.repository,
-                    staged_bytes=session.offset,
-                    algorithm=session.algorithm,
-                    created_at=session.created_at,
-                    updated_at=session.updated_at,
-                    owner=session.owner,
-                    backend_state=json.dumps(session.backend_state),
-                )
-            )
+        await self._transact(functools.partial(writes.create_upload, session=session))
 
     async def get_upload(self, upload_id: str) -> UploadSession | None:
         if self._hot is not None:
@@ -852,8 +794,7 @@ class SqlMetadataStore(BrowsingQueries):
             return int((await conn.execute(q)).scalar() or 0)
 
     async def delete_upload(self, upload_id: str) -> None:
-        async with self._begin() as conn:
-            await conn.execute(delete(s.uploads).where(s.uploads.c.id == upload_id))
+        await self._transact(functools.partial(writes.end_upload, upload_id=upload_id))
         if self._lock_dir is not None:  # its lock file goes with it (a holder keeps its inode)
             (self._lock_dir / upload_id).unlink(missing_ok=True)
 
@@ -1034,7 +975,8 @@ class SqlMetadataStore(BrowsingQueries):
             )
             if self.outbox is not None:
                 for victim in sorted(victims):
-                    await self.outbox.manifest_deleted(conn, repository, victim, [], reason="gc")
+                    await conn.run_sync(self.outbox.manifest_deleted, repository, victim, [], reason="gc")
+                self.outbox.written()
             return sorted(Digest.parse(d) for d in victims)
 
     def _unreferenced_links(self, repository: str, cutoff: float) -> Any:
@@ -1101,7 +1043,8 @@ class SqlMetadataStore(BrowsingQueries):
                 )
             )
             if result.rowcount and self.outbox is not None:
-                await self.outbox.tag_deleted(conn, repository, tag, str(digest), reason="retention")
+                await conn.run_sync(self.outbox.tag_deleted, repository, tag, str(digest), reason="retention")
+                self.outbox.written()
             return bool(result.rowcount)
 
     async def list_tag_records(self, repository: str) -> list[tuple[str, Digest, float]]:
@@ -1123,7 +1066,8 @@ class SqlMetadataStore(BrowsingQueries):
                 await conn.execute(delete(table).where(table.c.repository == repository))
             result = await conn.execute(delete(s.repositories).where(s.repositories.c.name == repository))
             if result.rowcount and self.outbox is not None:
-                await self.outbox.repository_deleted(conn, repository)
+                await conn.run_sync(self.outbox.repository_deleted, repository)
+                self.outbox.written()
             return bool(result.rowcount)
 
     async def record_login_failure(self, keys: list[str]) -> None:
@@ -1190,7 +1134,8 @@ class SqlMetadataStore(BrowsingQueries):
         if self.outbox is None or not self.outbox.manifest_pulls:
             return
         async with self._begin() as conn:
-            await self.outbox.manifest_pulled(conn, repository, record, reference)
+            await conn.run_sync(self.outbox.manifest_pulled, repository, record, reference)
+        self.outbox.written()
 
     def event_log(self) -> EventLog:
         """The events' delivery queue (metadata/outbox.py), over this store's connections."""

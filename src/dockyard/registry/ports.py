@@ -307,9 +307,11 @@ class MetadataStore(Protocol):
         size: int,
         mounted_from: str | None = None,
         mounted: bool = False,
+        ending_upload: str | None = None,
     ) -> None:
         """Link a blob into a repository; ``mounted``: a mount (from ``mounted_from``, when known),
-        reported as an event with the link."""
+        reported as an event with the link; ``ending_upload``: the upload session this publishes,
+        removed in the same transaction."""
         ...
 
     async def unlink_blob(self, repository: str, digest: Digest) -> bool: ...
