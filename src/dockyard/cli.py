@@ -273,9 +273,10 @@ def gc(
         click.echo(f"nothing done: {report.skipped}")
         sys.exit(1)
     verb = "would free" if dry_run else "freed"
+    counts = report.counts
     click.echo(
-        f"{verb} {report.bytes_freed} bytes: {len(report.blobs)} blobs, {len(report.manifests)} manifests, "
-        f"{len(report.tags)} tags, {len(report.links)} links; {report.sessions_purged} stale sessions; "
+        f"{verb} {report.bytes_freed} bytes: {counts['blobs']} blobs, {counts['manifests']} manifests, "
+        f"{counts['tags']} tags, {counts['links']} links; {report.sessions_purged} stale sessions; "
         f"{report.duration:.2f}s"
     )
     for key in ("tags", "manifests", "links", "blobs"):

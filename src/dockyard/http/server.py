@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import os
-import shutil
+import pickle
 import signal
 import socket
 import ssl
-import sys
-import tempfile
-import time
-from pathlib import Path
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from dockyard.config import Settings
-from dockyard.http import health, metrics
+from dockyard.http import health, metrics, supervisor
 from dockyard.http.app import create_app
 from dockyard.http.drain import DRAIN
 from dockyard.loop import LoopUnavailable, loop_factory, loop_name
@@ -236,86 +231,21 @@ def serve(settings: Settings) -> None:
         metrics.use_this_process_only()
         _run_worker(settings, sock, health_sock)
         return
-    # Workers record request metrics into files here, so that any one of them can answer a
-    # scrape with the sum over all. This process owns the directory; a new server starts empty.
-    metrics_dir = Path(tempfile.mkdtemp(prefix="dockyard-metrics-"))
-    metrics.use_shared_directory(metrics_dir)
-    try:
-        _supervise(settings, sock, health_sock)
-    finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+    # The supervisor is a small process of its own (http/supervisor.py): this one, holding
+    # everything the checks above imported, is replaced by it.
+    supervisor.handover(
+        pickle.dumps(settings),
+        sock,
+        health_sock,
+        {
+            "workers": settings.workers,
+            "log_level": settings.log_level,
+            "grace": settings.shutdown_grace_seconds,
+            "stop_after": settings.shutdown_grace_seconds + CUT_SECONDS + KILL_AFTER_SECONDS,
+        },
+    )
 
 
-def _supervise(settings: Settings, sock: socket.socket, health_sock: socket.socket | None) -> None:
-    """Fork the workers, replace those that die, stop them all on SIGTERM/SIGINT."""
-    children: dict[int, int] = {}  # pid -> worker index
-    stopping = False
-
-    def spawn(index: int) -> None:
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            code = 0
-            try:
-                _run_worker(settings, sock, health_sock)
-            except BaseException:
-                log.exception("worker %d failed", index)
-                code = 1
-            finally:
-                os._exit(code)
-        children[pid] = index
-
-    def stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        if stopping:
-            return
-        stopping = True
-        # This process's copies of the listening sockets: once the workers close theirs, the
-        # address refuses new connections (a load balancer tries another node at once).
-        sock.close()
-        if health_sock is not None:
-            health_sock.close()
-        log.info(
-            "shutting down: requests in flight get %g s (shutdown_grace_seconds)",
-            settings.shutdown_grace_seconds,
-        )
-        for pid in list(children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        signal.signal(signal.SIGALRM, lambda _signum, _frame: _kill_stragglers(children))
-        signal.setitimer(
-            signal.ITIMER_REAL, settings.shutdown_grace_seconds + CUT_SECONDS + KILL_AFTER_SECONDS
-        )
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    for i in range(settings.workers):
-        spawn(i)
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        index = children.pop(pid, None)
-        if index is not None:
-            metrics.process_exited(pid)
-        if index is not None and not stopping:
-            log.warning("worker %d (pid %d) exited with status %d; restarting it", index, pid, status)
-            time.sleep(0.2)
-            spawn(index)
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    sock.close()
-    if health_sock is not None:
-        health_sock.close()
-    sys.stdout.flush()
-
-
-def _kill_stragglers(children: dict[int, int]) -> None:
-    """Workers that outlived the grace period by far (a handler that ignores cancellation)."""
-    for pid, index in children.items():
-        log.warning("worker %d (pid %d) did not stop in time; killing it", index, pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+def run_worker(settings: Settings, sock: socket.socket, health_sock: socket.socket | None) -> None:
+    """Serve as one of the supervisor's workers until SIGTERM."""
+    _run_worker(settings, sock, health_sock)

@@ -64,6 +64,7 @@ manifests = Table(
     Column("created_at", Float, nullable=False),
     PrimaryKeyConstraint("repository", "digest"),
     Index("ix_manifests_subject", "repository", "subject"),
+    Index("ix_manifests_digest", "digest"),  # is a stored digest a manifest anywhere (GC, fsck)
 )
 
 # What each manifest references: config and layers ("blob"), index children ("manifest").

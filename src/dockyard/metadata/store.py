@@ -9,6 +9,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -16,11 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Row, and_, bindparam, delete, event, func, select, text, update
+from sqlalchemy import Connection, Row, and_, bindparam, delete, event, func, inspect, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -31,6 +28,7 @@ from dockyard.metadata import probe, writes
 from dockyard.metadata import schema as s
 from dockyard.metadata.browsing import BrowsingQueries
 from dockyard.metadata.faults import DISK_FULL, GuardedEngine, database_faults
+from dockyard.metadata.gcqueries import GcQueries
 from dockyard.metadata.outbox import EventLog, Outbox
 from dockyard.metadata.pglocks import MIGRATIONS_KEY, XACT_LOCK, AdvisoryLocks
 from dockyard.metadata.sqlitewriter import SqliteWriter
@@ -40,7 +38,6 @@ from dockyard.registry.ports import (
     DependencyDown,
     ManifestRecord,
     ManifestRef,
-    RepositoryView,
     TagRecord,
     UploadSession,
 )
@@ -51,8 +48,38 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+@functools.cache
+def head_revision() -> str | None:
+    """The newest migration's revision, read from the files: a schema already there is seen
+    without importing Alembic (~10 MiB in every worker). None unless there is exactly one head."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        source = path.read_text()
+        found = re.search(r"^revision\s*=\s*[\"'](\w+)[\"']", source, re.MULTILINE)
+        down = re.search(r"^down_revision\s*=\s*[\"'](\w+)[\"']", source, re.MULTILINE)
+        if found:
+            revisions.add(found.group(1))
+        if down:
+            parents.add(down.group(1))
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _stored_revision(connection: Connection) -> str | None:
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
 def upgrade_schema(connection: Connection) -> None:
     """Bring the schema to the newest revision (Alembic), inside the caller's transaction."""
+    head = head_revision()
+    if head is not None and _stored_revision(connection) == head:
+        return
+    from alembic import command
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
@@ -61,6 +88,10 @@ def upgrade_schema(connection: Connection) -> None:
 
 def schema_revisions(connection: Connection) -> tuple[str | None, str | None]:
     """The schema's current revision in the database, and the newest this version knows."""
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     current = MigrationContext.configure(connection).get_current_revision()
@@ -298,7 +329,7 @@ def _session(row: Row[Any] | sqlite3.Row) -> UploadSession:
     )
 
 
-class SqlMetadataStore(BrowsingQueries):
+class SqlMetadataStore(BrowsingQueries, GcQueries):
     """Metadata in SQL. SQLite runs write transactions as ``BEGIN IMMEDIATE`` (WAL mode), so
     concurrent workers queue for the write lock instead of failing on upgrade."""
 
@@ -890,149 +921,7 @@ class SqlMetadataStore(BrowsingQueries):
         async with _try_flock(self._lock_dir / f"named-{name}") as held:
             yield held
 
-    # -- garbage collection -------------------------------------------------------------------------
-
-    async def has_manifest(self, digest: Digest) -> bool:
-        async with self._read.connect() as conn:
-            q = select(s.manifests.c.digest).where(s.manifests.c.digest == str(digest)).limit(1)
-            return (await conn.execute(q)).first() is not None
-
-    async def gc_repository_view(self, repository: str) -> RepositoryView:
-        view = RepositoryView(created={}, subjects={}, children={}, tagged=set())
-        async with self._read.connect() as conn:
-            rows = await conn.execute(
-                select(s.manifests.c.digest, s.manifests.c.subject, s.manifests.c.created_at).where(
-                    s.manifests.c.repository == repository
-                )
-            )
-            for digest, subject, created in rows:
-                view.created[Digest.parse(digest)] = created
-                if subject:
-                    view.subjects[Digest.parse(digest)] = Digest.parse(subject)
-            edges = await conn.execute(
-                select(s.manifest_refs.c.manifest, s.manifest_refs.c.digest).where(
-                    s.manifest_refs.c.repository == repository, s.manifest_refs.c.kind == "manifest"
-                )
-            )
-            for parent, child in edges:
-                view.children.setdefault(Digest.parse(parent), set()).add(Digest.parse(child))
-            tagged = await conn.execute(select(s.tags.c.digest).where(s.tags.c.repository == repository))
-            view.tagged = {Digest.parse(d) for d in tagged.scalars()}
-        return view
-
-    @_changes_cached_facts
-    async def gc_delete_manifests(
-        self, repository: str, digests: Sequence[Digest], cutoff: float
-    ) -> list[Digest]:
-        if not digests:
-            return []
-        doomed = {str(d) for d in digests}
-        m, refs, t = s.manifests, s.manifest_refs, s.tags
-        async with self._begin() as conn:
-            # Lock the rows first (PostgreSQL; SQLite's write transaction is already exclusive),
-            # so a concurrent tag move or push serialises with the re-checks below.
-            await conn.execute(
-                select(m.c.digest)
-                .where(m.c.repository == repository, m.c.digest.in_(doomed))
-                .with_for_update()
-            )
-            # Re-check inside the write transaction: still untagged, still old, and no manifest
-            # outside the doomed set (say, an index pushed meanwhile) references it.
-            tagged = set(
-                (
-                    await conn.execute(
-                        select(t.c.digest).where(t.c.repository == repository, t.c.digest.in_(doomed))
-                    )
-                ).scalars()
-            )
-            young = set(
-                (
-                    await conn.execute(
-                        select(m.c.digest).where(
-                            m.c.repository == repository, m.c.digest.in_(doomed), m.c.created_at >= cutoff
-                        )
-                    )
-                ).scalars()
-            )
-            wanted = set(
-                (
-                    await conn.execute(
-                        select(refs.c.digest).where(
-                            refs.c.repository == repository,
-                            refs.c.kind == "manifest",
-                            refs.c.digest.in_(doomed),
-                            refs.c.manifest.not_in(doomed),
-                        )
-                    )
-                ).scalars()
-            )
-            victims = doomed - tagged - young - wanted
-            if not victims:
-                return []
-            await conn.execute(delete(m).where(m.c.repository == repository, m.c.digest.in_(victims)))
-            await conn.execute(
-                delete(refs).where(refs.c.repository == repository, refs.c.manifest.in_(victims))
-            )
-            if self.outbox is not None:
-                for victim in sorted(victims):
-                    await conn.run_sync(self.outbox.manifest_deleted, repository, victim, [], reason="gc")
-                self.outbox.written()
-            return sorted(Digest.parse(d) for d in victims)
-
-    def _unreferenced_links(self, repository: str, cutoff: float) -> Any:
-        link, refs = s.repository_blobs, s.manifest_refs
-        return and_(
-            link.c.repository == repository,
-            link.c.created_at < cutoff,
-            ~select(refs.c.digest)
-            .where(
-                refs.c.repository == link.c.repository, refs.c.digest == link.c.digest, refs.c.kind == "blob"
-            )
-            .exists(),
-        )
-
-    @_changes_cached_facts
-    async def gc_unreferenced_links(self, repository: str, cutoff: float, delete_them: bool) -> list[Digest]:
-        link = s.repository_blobs
-        condition = self._unreferenced_links(repository, cutoff)
-        if not delete_them:
-            async with self._read.connect() as conn:
-                return [
-                    Digest.parse(d)
-                    for d in (await conn.execute(select(link.c.digest).where(condition))).scalars()
-                ]
-        async with self._begin() as conn:
-            found = [
-                Digest.parse(d)
-                for d in (await conn.execute(select(link.c.digest).where(condition))).scalars()
-            ]
-            await conn.execute(delete(link).where(condition))
-            return found
-
-    async def gc_unlinked_blobs(self) -> list[tuple[Digest, int]]:
-        b, link = s.blobs, s.repository_blobs
-        q = select(b.c.digest, b.c.size).where(
-            ~select(link.c.digest).where(link.c.digest == b.c.digest).exists()
-        )
-        async with self._read.connect() as conn:
-            return [(Digest.parse(d), size) for d, size in await conn.execute(q)]
-
-    async def blob_recorded(self, digest: Digest) -> bool:
-        async with self._read.connect() as conn:
-            q = select(s.blobs.c.digest).where(s.blobs.c.digest == str(digest))
-            return (await conn.execute(q)).first() is not None
-
-    async def gc_forget_blob(self, digest: Digest) -> bool:
-        b, link, m = s.blobs, s.repository_blobs, s.manifests
-        async with self._begin() as conn:
-            result = await conn.execute(
-                delete(b).where(
-                    b.c.digest == str(digest),
-                    ~select(link.c.digest).where(link.c.digest == str(digest)).exists(),
-                    ~select(m.c.digest).where(m.c.digest == str(digest)).exists(),
-                )
-            )
-            return bool(result.rowcount)
+    # -- garbage collection: metadata/gcqueries.py; retention -----------------------------------------
 
     @_changes_cached_facts
     async def delete_tag_if(self, repository: str, tag: str, digest: Digest) -> bool:
