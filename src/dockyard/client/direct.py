@@ -100,16 +100,7 @@ async def send_direct(
             progress = _Progress(uploader, digest, done, result)
             fresh = not direct.held
             await run_all(_send_part(uploader, direct, n, plan[n], source, progress, fresh) for n in missing)
-        answer = await registry.retrying(
-            "PUT session",
-            lambda: registry.call(
-                "PUT",
-                location.update_query({"digest": digest}),
-                scopes=uploader.scopes,
-                headers={"Content-Length": "0", SIZE_HEADER: str(source.size)},
-                ok=range(200, 500),
-            ),
-        )
+        answer = await _close(uploader, location, digest, source.size)
         if answer.status == 201:
             return
         if answer.status == 404:
@@ -124,6 +115,34 @@ async def send_direct(
             "session status", lambda: registry.call("GET", location, scopes=uploader.scopes, ok=(200,))
         )
         direct = offered(status) or direct
+
+
+async def _close(uploader: BlobUploader, location: URL, digest: str, size: int) -> Answer:
+    """``PUT <session>?digest=``. A ``416`` says another request holds the session: an earlier
+    PUT of ours whose answer a timeout lost, still assembling the parts. Wait for it with
+    back-off (up to ``busy_wait``) and ask again; if it completed the blob, the session is gone
+    (``404``) and the caller finds the blob."""
+    registry = uploader.registry
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + registry.options.busy_wait
+    attempt = 0
+    while True:
+        answer: Answer = await registry.retrying(
+            "PUT session",
+            lambda: registry.call(
+                "PUT",
+                location.update_query({"digest": digest}),
+                scopes=uploader.scopes,
+                headers={"Content-Length": "0", SIZE_HEADER: str(size)},
+                ok=range(200, 500),
+            ),
+        )
+        if answer.status != 416 or loop.time() > deadline:
+            return answer
+        attempt += 1
+        uploader.progress.note(digest, "the session is busy with an earlier request; waiting for it")
+        options = registry.options
+        await asyncio.sleep(backoff_delay(attempt, options.backoff_base, options.backoff_max))
 
 
 def _code(answer: Answer) -> str | None:
