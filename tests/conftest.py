@@ -27,6 +27,12 @@ from tests.support.services import (
 )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The image build-and-run test first: it takes minutes on its own, so under ``-n N
+    --dist loadfile`` it runs beside the rest of the suite instead of after it."""
+    items.sort(key=lambda item: item.get_closest_marker("image") is None)
+
+
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     """One SeaweedFS S3 server for the session (its bucket made); tests use their own prefixes."""

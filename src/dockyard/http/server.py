@@ -23,6 +23,8 @@ from dockyard.config import Settings
 from dockyard.http import health, metrics
 from dockyard.http.app import create_app
 from dockyard.http.drain import DRAIN
+from dockyard.loop import LoopUnavailable, loop_factory, loop_name
+from dockyard.loop import run as run_loop
 from dockyard.startup import StartupError, wait_for_dependencies
 
 log = logging.getLogger("dockyard")
@@ -117,6 +119,7 @@ async def _serve(settings: Settings, sock: socket.socket, health_sock: socket.so
     site = web.SockSite(runner, sock, ssl_context=tls_context(settings), backlog=_ACCEPTS_PER_WAKEUP)
     await site.start()
     sock.listen(LISTEN_BACKLOG)
+    log.info("worker %d serving on the %s event loop", os.getpid(), loop_name())
     probes: web.AppRunner | None = None
     if health_sock is not None:  # health_listen: the probes alone, plain HTTP, answering while draining
         probes = web.AppRunner(health.probe_app(app), handle_signals=False, access_log=None)
@@ -183,7 +186,7 @@ def _busy(conn: object) -> bool:
 
 
 def _run_worker(settings: Settings, sock: socket.socket, health_sock: socket.socket | None) -> None:
-    asyncio.run(_serve(settings, sock, health_sock))
+    run_loop(_serve(settings, sock, health_sock), settings.event_loop)
 
 
 def serve(settings: Settings) -> None:
@@ -194,13 +197,17 @@ def serve(settings: Settings) -> None:
         raise StartupError(f"tls_cert, tls_key: {exc.filename}: {exc.strerror}") from exc
     except PermissionError as exc:
         raise StartupError(f"tls_cert, tls_key: {exc.filename}: {exc.strerror}") from exc
+    try:
+        loop_factory(settings.event_loop)
+    except LoopUnavailable as exc:
+        raise StartupError(str(exc)) from exc
     sockets = [bind_socket(settings.listen)]
     try:
         if settings.health_listen:
             sockets.append(bind_socket(settings.health_listen))
         # The stores answer, and the schema is created or migrated once, here, before the
         # workers race to open it (docs/operations.md "Start-up checks").
-        asyncio.run(wait_for_dependencies(settings))
+        run_loop(wait_for_dependencies(settings), settings.event_loop)
         for listening in sockets:
             listening.listen(LISTEN_BACKLOG)
     except BaseException:

@@ -18,6 +18,7 @@ from dockyard.failpoints import crash_point, database_fault_point, storage_fault
 from dockyard.registry import errors
 from dockyard.registry.digests import DEFAULT_ALGORITHM, Digest, Hasher, check_algorithm, new_hasher
 from dockyard.registry.direct import DIRECT_MIX, DirectStatus, check_parts, parse_part_request
+from dockyard.registry.hashing import BackgroundHasher
 from dockyard.registry.manifests import ParsedManifest, parse_manifest
 from dockyard.registry.names import Reference, parse_name, parse_tag
 from dockyard.registry.ports import (
@@ -788,6 +789,7 @@ class Registry:
         hasher: Hasher | None = self._hashers.take(session)
         if hasher is None and session.offset == 0:
             hasher = new_hasher(session.algorithm)
+        hashing = BackgroundHasher(hasher) if hasher is not None else None
         start = session.offset
         received = 0
         writer = None
@@ -807,9 +809,9 @@ class Registry:
                         )
                     storage_fault_point("patch.write")
                     await writer.write(data)
-                    if hasher is not None:
-                        hasher.update(data)
                     received += len(data)
+                    if hashing is not None:
+                        await hashing.update(data)
                     if received >= _CRASH_AFTER_BYTES:
                         crash_point("patch.mid_body")
         finally:
@@ -824,15 +826,15 @@ class Registry:
                     # The last flush failed: nothing of this request may be acknowledged as more
                     # than what is really there (never a 2xx from here: see below).
                     close_error = _storage_error(exc) if isinstance(exc, OSError) else exc
-                    hasher = None
+                    hashing = None
                     size = await self.blobs.staging_size(session) or start
             session.offset = size
             session.updated_at = self._clock()
             crash_point("patch.before_save")
             database_fault_point("patch.save")
             await self.meta.save_upload(session)
-            if hasher is not None and size == start + received:
-                self._hashers.keep(session, hasher)
+            if hashing is not None and size == start + received:
+                self._hashers.keep(session, await hashing.finish())
         if close_error is not None:
             # The body arrived but its bytes did not all reach the store: the client is told
             # (503 or 507), and GET on the session says where it stands.
@@ -858,9 +860,10 @@ class Registry:
         if staged is not None:
             hasher = self._hashers.take(session) if session.algorithm == digest.algorithm else None
             if hasher is None:
-                hasher = new_hasher(digest.algorithm)
+                hashing = BackgroundHasher(new_hasher(digest.algorithm))
                 async for data in self.blobs.staging_read(session):
-                    hasher.update(data)
+                    await hashing.update(data)
+                hasher = await hashing.finish()
             if hasher.hexdigest() != digest.hex:
                 # The bytes are not what the client meant: never publish them, keep nothing.
                 await self._discard(session)
