@@ -61,8 +61,8 @@ def start_dockyard(data_dir: Path, workers: int) -> Node:
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/v2/", proc=proc)
-    deadline = time.monotonic() + 20
+    wait_http(f"{url}/v2/", timeout=180, proc=proc)  # a loaded machine starts slowly
+    deadline = time.monotonic() + 60
     while len(children(proc.pid)) < workers and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(0.5)
@@ -149,7 +149,7 @@ class RoundResult:
     manifest_ms: float  # median sequential manifest PUT
 
 
-def no_profile(label: str) -> contextlib.AbstractContextManager[object]:
+def no_profile(label: str) -> contextlib.AbstractContextManager[None]:
     return contextlib.nullcontext()
 
 
@@ -159,7 +159,7 @@ async def one_round(
     images: int,
     clients: int,
     samples: int,
-    profile: Callable[[str], contextlib.AbstractContextManager[object]] = no_profile,
+    profile: Callable[[str], contextlib.AbstractContextManager[None]] = no_profile,
 ) -> RoundResult:
     connector = aiohttp.TCPConnector(limit=clients + 4)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -212,7 +212,7 @@ class Figures:
     rounds: list[RoundResult] = field(default_factory=list)
 
     def median(self, name: str) -> float:
-        return statistics.median(getattr(r, name) for r in self.rounds)
+        return float(statistics.median(getattr(r, name) for r in self.rounds))
 
 
 def run_round(kind: str, work: Path, n: int, args: argparse.Namespace) -> RoundResult:
@@ -222,7 +222,7 @@ def run_round(kind: str, work: Path, n: int, args: argparse.Namespace) -> RoundR
         node = start_dockyard(data, args.workers)
     else:
         node = start_distribution(args.distribution, work, filesystem_storage(data), name=f"distribution-{n}")
-    profile = no_profile
+    profile: Callable[[str], contextlib.AbstractContextManager[None]] = no_profile
     if args.profile and kind == "dockyard" and n == 0:
         profile = profiler(node, work)
     try:
@@ -246,7 +246,7 @@ def run_round(kind: str, work: Path, n: int, args: argparse.Namespace) -> RoundR
     return result
 
 
-def profiler(node: Node, work: Path) -> Callable[[str], contextlib.AbstractContextManager[object]]:
+def profiler(node: Node, work: Path) -> Callable[[str], contextlib.AbstractContextManager[None]]:
     """py-spy on every worker while a phase runs, then strace -c -f of one worker for as long:
     where the event loop spends its time, and the syscalls per request."""
 
@@ -308,6 +308,20 @@ def report(args: argparse.Namespace, ours: Figures, theirs: Figures) -> tuple[st
     ):
         other = f"{theirs.median(name):.2f}" if theirs.rounds else ""
         lines.append(f"| {label} | {ours.median(name):.2f} | {other} | | | report | |")
+    lines += [
+        "",
+        "| round | registry | manifests/s | tag deletes/s | blob push (ms) | manifest PUT (ms) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n, mine_round in enumerate(ours.rounds):
+        done = [("dockyard", mine_round)]
+        if n < len(theirs.rounds):
+            done.append(("Distribution", theirs.rounds[n]))
+        for kind, figures in done:
+            lines.append(
+                f"| {n + 1} | {kind} | {figures.push_rate:.1f} | {figures.delete_rate:.1f} | "
+                f"{figures.blob_ms:.2f} | {figures.manifest_ms:.2f} |"
+            )
     lines.append("")
     return "\n".join(lines), failed
 

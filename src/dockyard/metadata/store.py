@@ -508,13 +508,6 @@ class SqlMetadataStore(BrowsingQueries, GcQueries):
     def _insert(self, table: Any) -> Any:
         return (sqlite.insert if self._is_sqlite else postgresql.insert)(table)
 
-    def _ensure_repository(self, conn: Connection, repository: str) -> None:
-        conn.execute(
-            self._insert(s.repositories)
-            .values(name=repository, created_at=self._clock())
-            .on_conflict_do_nothing()
-        )
-
     # -- repositories and blobs ---------------------------------------------------------------------
 
     async def repository_exists(self, repository: str) -> bool:
