@@ -222,7 +222,7 @@ def p10(args: argparse.Namespace, work: Path) -> list[str]:
         found: dict[str, GcRun] = {}
         order: list[tuple[str, Callable[[], GcRun]]] = [
             ("dockyard", functools.partial(gc_dockyard, work, big, seed, pushes=True)),
-            ("dockyard-small", functools.partial(gc_dockyard, work, small, seed, pushes=False)),
+            ("dockyard-small", functools.partial(gc_dockyard, work, small, seed, pushes=True)),
         ]
         if args.distribution:
             binary = args.distribution
