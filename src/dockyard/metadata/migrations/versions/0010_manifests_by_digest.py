@@ -1,5 +1,4 @@
-"""indexes for garbage collection: manifests by digest alone (is a stored digest a manifest
-anywhere), manifest references by repository and digest (is a manifest or blob referenced)
+"""manifests by digest alone: garbage collection asks which stored digests are a manifest anywhere
 
 Revision ID: 0010
 Revises: 0009
@@ -18,11 +17,7 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_index("ix_manifests_digest", "manifests", ["digest"])
-    op.create_index(
-        "ix_manifest_refs_repository_digest", "manifest_refs", ["repository", "digest", "kind", "manifest"]
-    )
 
 
 def downgrade() -> None:
-    op.drop_index("ix_manifest_refs_repository_digest", table_name="manifest_refs")
     op.drop_index("ix_manifests_digest", table_name="manifests")
