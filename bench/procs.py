@@ -117,6 +117,7 @@ class Dockyard:
         self.log_path = log_path
         self.settings = settings or {}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.start_timeout = 30.0  # seconds until /v2/ answers (a busy machine needs more)
 
     def start(self) -> None:
         args = [*self.cmd, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir)]
@@ -130,7 +131,12 @@ class Dockyard:
             args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
         log.close()
-        wait_http(f"{self.base}/v2/", proc=self.proc, cafile=str(self.tls[0]) if self.tls else None)
+        wait_http(
+            f"{self.base}/v2/",
+            timeout=self.start_timeout,
+            proc=self.proc,
+            cafile=str(self.tls[0]) if self.tls else None,
+        )
         # every worker must be up, or the first workload measures start-up
         expected = os.cpu_count() or 1
         deadline = time.monotonic() + 20

@@ -37,7 +37,7 @@ Pair = tuple[str, Digest]  # (repository, digest)
 
 
 def _pairs(rows: Any) -> list[Pair]:
-    return [(repository, Digest.parse(digest)) for repository, digest, *_ in rows]
+    return [(repository, Digest.trusted(digest)) for repository, digest, *_ in rows]
 
 
 def _keys(pairs: Sequence[Pair]) -> list[tuple[str, str]]:
@@ -72,15 +72,15 @@ def _doomed_manifests(
             m.c.repository.between(first, last), m.c.subject.is_not(None)
         ),
     ).subquery("edges")
-    reached = m.alias("reached")  # only manifests that exist carry the walk on
+    # (A digest the walk reaches that is no manifest, say a child an index may lack, still
+    # carries it on to its referrers: keeping more than needed, never less.)
     kept = kept.union(
         select(edges.c.repository, edges.c.child)
         .select_from(kept)
         .join(edges, (edges.c.repository == kept.c.repository) & (edges.c.parent == kept.c.digest))
-        .join(reached, (reached.c.repository == edges.c.repository) & (reached.c.digest == edges.c.child))
     )
     referenced = (
-        select(refs.c.manifest)
+        select(refs.c.digest)
         .where(refs.c.repository == m.c.repository, refs.c.digest == m.c.digest, refs.c.kind == "manifest")
         .exists()
     )
@@ -89,7 +89,10 @@ def _doomed_manifests(
         .where(
             m.c.repository.between(first, last),
             m.c.created_at < cutoff,
-            tuple_(m.c.repository, m.c.digest).not_in(select(kept.c.repository, kept.c.digest)),
+            # NOT EXISTS, not NOT IN: SQLite compares a row value against the list row by row
+            ~select(kept.c.digest)
+            .where(kept.c.repository == m.c.repository, kept.c.digest == m.c.digest)
+            .exists(),
         )
         .order_by("referenced", m.c.repository, m.c.digest)
     )
@@ -160,7 +163,7 @@ class GcQueries:
         if after is not None:
             q = q.where(b.c.digest > after)
         async with self._read.connect() as conn:
-            return [(Digest.parse(d), size) for d, size in await conn.execute(q)]
+            return [(Digest.trusted(d), size) for d, size in await conn.execute(q)]
 
     async def gc_recorded(self, digests: Sequence[Digest]) -> set[Digest]:
         """Those of ``digests`` that something records: a blob record, or a manifest anywhere."""
@@ -173,7 +176,7 @@ class GcQueries:
             select(m.c.digest).where(m.c.digest.in_(wanted)),
         )
         async with self._read.connect() as conn:
-            return {Digest.parse(d) for d in (await conn.execute(q)).scalars()}
+            return {Digest.trusted(d) for d in (await conn.execute(q)).scalars()}
 
     async def has_manifest(self, digest: Digest) -> bool:
         async with self._read.connect() as conn:
@@ -260,7 +263,7 @@ class GcQueries:
                     for repository, digest in victims:
                         await conn.run_sync(self.outbox.manifest_deleted, repository, digest, [], reason="gc")
                     self.outbox.written()
-                return [(r, Digest.parse(d)) for r, d in victims]
+                return [(r, Digest.trusted(d)) for r, d in victims]
         finally:
             self._changed_all(doomed)
 
@@ -306,7 +309,7 @@ class GcQueries:
                 )
                 .returning(b.c.digest, b.c.size)
             )
-            return sorted((Digest.parse(d), size) for d, size in result)
+            return sorted((Digest.trusted(d), size) for d, size in result)
 
     # -- a batch's blob locks --------------------------------------------------------------------------
 

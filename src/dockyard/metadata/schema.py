@@ -77,6 +77,9 @@ manifest_refs = Table(
     Column("kind", String(16), nullable=False),
     PrimaryKeyConstraint("repository", "manifest", "digest", "kind"),
     Index("ix_manifest_refs_digest", "digest"),
+    # is a digest referenced within its repository (GC's mark and sweep): covering, so SQLite
+    # prefers it to the primary key's repository prefix
+    Index("ix_manifest_refs_repository_digest", "repository", "digest", "kind", "manifest"),
 )
 
 tags = Table(
