@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from tests.support.clock import MovableClock
 from tests.support.server import DockyardServer
@@ -25,6 +27,11 @@ from tests.support.services import (
     unavailable,
     weed_binary,
 )
+
+# Property tests judge results, never speed: on a busy machine generating examples can take longer
+# than Hypothesis's defaults allow (its "too slow" health check, its per-example deadline).
+hypothesis_settings.register_profile("dockyard", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.load_profile("dockyard")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
