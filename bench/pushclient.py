@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urljoin
@@ -22,10 +21,9 @@ class PushError(RuntimeError):
     pass
 
 
-def new_session(connections: int = 64, ssl_context: ssl.SSLContext | None = None) -> aiohttp.ClientSession:
-    """``ssl_context``: what HTTPS servers are checked with (one trusting a bench's certificate)."""
+def new_session(connections: int = 64) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=connections, force_close=False, ssl=ssl_context or True),
+        connector=aiohttp.TCPConnector(limit=connections, force_close=False),
         timeout=aiohttp.ClientTimeout(total=None, sock_read=600),
         auto_decompress=False,
     )

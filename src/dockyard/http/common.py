@@ -143,9 +143,7 @@ async def body_stream(request: web.Request) -> AsyncIterator[bytes]:
             raise errors.RegistryError(errors.SHUTTING_DOWN, headers={"Retry-After": "1"})
         try:
             async with asyncio.timeout(min(HEARTBEAT_SECONDS, timeout)):
-                # One piece as the parser fed it (readany() joins what is buffered: a copy of
-                # every byte, on the loop).
-                data, end_of_http_chunk = await request.content.readchunk()
+                data = await request.content.readany()
         except TimeoutError:
             if loop.time() - last_data >= timeout:
                 raise errors.RegistryError(
@@ -161,9 +159,7 @@ async def body_stream(request: web.Request) -> AsyncIterator[bytes]:
                 yield tail
             raise ClientDisconnected(str(exc) or "the client closed the connection") from exc
         if not data:
-            if end_of_http_chunk:  # the end of a chunk of a chunked body: more may come
-                continue
-            return  # (b"", False) is the end of the body
+            return
         last_data = loop.time()
         yield data
 
