@@ -95,27 +95,48 @@ def private_kib(pid: int) -> int | None:
 
 
 class Dockyard:
-    """``dockyard serve`` with default settings, in its own session (its pid is its group id)."""
+    """``dockyard serve`` with default settings, in its own session (its pid is its group id).
 
-    def __init__(self, data_dir: Path, log_path: Path) -> None:
+    ``tls`` (certificate, key): HTTPS with ``--tls-cert``/``--tls-key``. ``settings``: the few
+    ``DOCKYARD_*`` variables a comparison needs (``{"DOCKYARD_EVENT_LOOP": "asyncio"}``)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        log_path: Path,
+        *,
+        tls: tuple[Path, Path] | None = None,
+        settings: dict[str, str] | None = None,
+    ) -> None:
         exe = Path(sys.executable).with_name("dockyard")
         self.cmd = [str(exe) if exe.exists() else "dockyard"]
         self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.base = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.data_dir = data_dir
         self.log_path = log_path
+        self.settings = settings or {}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.start_timeout = 30.0  # seconds until /v2/ answers (a busy machine needs more)
 
     def start(self) -> None:
         args = [*self.cmd, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir)]
+        if self.tls is not None:
+            args += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         # Default settings: no DOCKYARD_* from the caller's environment (workers, config, ...).
         env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
+        env.update(self.settings)
         self.proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
         log.close()
-        wait_http(f"{self.base}/v2/", proc=self.proc)
+        wait_http(
+            f"{self.base}/v2/",
+            timeout=self.start_timeout,
+            proc=self.proc,
+            cafile=str(self.tls[0]) if self.tls else None,
+        )
         # every worker must be up, or the first workload measures start-up
         expected = os.cpu_count() or 1
         deadline = time.monotonic() + 20
@@ -151,6 +172,13 @@ class Dockyard:
 
 # -- nginx ------------------------------------------------------------------------------------------
 
+NGINX_TLS = """\
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:1m;
+"""
+
 NGINX_CONF = """\
 {user}worker_processes auto;
 daemon off;
@@ -169,8 +197,8 @@ http {{
     uwsgi_temp_path {prefix}/uwsgi;
     scgi_temp_path {prefix}/scgi;
     server {{
-        listen 127.0.0.1:{port};
-        location = /blob {{ alias {blob}; default_type application/octet-stream; }}
+        listen 127.0.0.1:{port}{ssl};
+{tls}        location = /blob {{ alias {blob}; default_type application/octet-stream; }}
         location = /manifest {{
             alias {manifest};
             default_type application/vnd.oci.image.manifest.v1+json;
@@ -181,12 +209,16 @@ http {{
 
 
 class Nginx:
-    """Debian's nginx with a generated config, serving one blob file and one manifest file."""
+    """Debian's nginx with a generated config, serving one blob file and one manifest file;
+    over HTTPS with ``tls`` (certificate, key)."""
 
-    def __init__(self, prefix: Path, blob: Path, manifest: Path) -> None:
+    def __init__(
+        self, prefix: Path, blob: Path, manifest: Path, *, tls: tuple[Path, Path] | None = None
+    ) -> None:
         self.prefix = prefix
         self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.base = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.blob = blob
         self.manifest = manifest
         self.proc: subprocess.Popen[bytes] | None = None
@@ -198,7 +230,13 @@ class Nginx:
         conf = self.prefix / "nginx.conf"
         conf.write_text(
             NGINX_CONF.format(
-                user=user, prefix=self.prefix, port=self.port, blob=self.blob, manifest=self.manifest
+                user=user,
+                prefix=self.prefix,
+                port=self.port,
+                ssl=" ssl" if self.tls else "",
+                tls=NGINX_TLS.format(cert=self.tls[0], key=self.tls[1]) if self.tls else "",
+                blob=self.blob,
+                manifest=self.manifest,
             )
         )
         nginx = find_tool("nginx") or "nginx"
@@ -206,7 +244,7 @@ class Nginx:
         log = open(self.prefix / "stdout.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
-        wait_http(f"{self.base}/manifest", proc=self.proc)
+        wait_http(f"{self.base}/manifest", proc=self.proc, cafile=str(self.tls[0]) if self.tls else None)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -238,7 +276,15 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[m.group(2)]
 
 
-def wrk(url: str, *, connections: int, duration: float, threads: int, script: Path | None) -> WrkResult:
+def wrk(
+    url: str,
+    *,
+    connections: int,
+    duration: float,
+    threads: int,
+    script: Path | None,
+    headers: dict[str, str] | None = None,
+) -> WrkResult:
     args = [
         find_tool("wrk") or "wrk",
         f"-t{threads}",
@@ -246,6 +292,8 @@ def wrk(url: str, *, connections: int, duration: float, threads: int, script: Pa
         f"-d{max(1, round(duration))}s",
         "--latency",
     ]
+    for name, value in (headers or {}).items():
+        args += ["-H", f"{name}: {value}"]
     if script is not None:
         args += ["-s", str(script)]
     out = subprocess.run(
@@ -290,11 +338,12 @@ def hey(
     return WrkResult(rps, float(p99.group(1)) * 1e3 if p99 else None, total, "; ".join(problems) or None)
 
 
-def _curl(url: str, measure: str, timeout: float) -> tuple[float, int]:
-    """One GET into /dev/null: (curl's ``measure`` variable, bytes)."""
+def _curl(url: str, measure: str, timeout: float, cacert: Path | None = None) -> tuple[float, int]:
+    """One GET into /dev/null: (curl's ``measure`` variable, bytes); HTTPS trusting ``cacert``."""
     write_out = f"%{{{measure}}} %{{size_download}}"
+    trust = ["--cacert", str(cacert)] if cacert else []
     out = subprocess.run(
-        [find_tool("curl") or "curl", "-sS", "--fail", "-o", "/dev/null", "-w", write_out, url],
+        [find_tool("curl") or "curl", "-sS", "--fail", *trust, "-o", "/dev/null", "-w", write_out, url],
         capture_output=True,
         text=True,
         check=True,
@@ -303,9 +352,26 @@ def _curl(url: str, measure: str, timeout: float) -> tuple[float, int]:
     return float(out[0]), int(out[1])
 
 
-def curl_speed(url: str) -> tuple[float, int]:
+def curl_speed(url: str, cacert: Path | None = None) -> tuple[float, int]:
     """One GET into /dev/null: (bytes/s, bytes)."""
-    return _curl(url, "speed_download", 600)
+    return _curl(url, "speed_download", 600, cacert)
+
+
+def curl_upload(url: str, path: Path, cacert: Path | None = None) -> tuple[int, float]:
+    """One ``PUT`` of a file (streamed, ``Content-Length`` from its size): (HTTP status, seconds)."""
+    trust = ["--cacert", str(cacert)] if cacert else []
+    out = subprocess.run(
+        [
+            *(find_tool("curl") or "curl", "-sS", *trust, "-o", "/dev/null"),
+            *("-w", "%{http_code} %{time_total}", "-H", "Content-Type: application/octet-stream"),
+            *("-T", str(path), url),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    ).stdout.split()
+    return int(out[0]), float(out[1])
 
 
 def curl_time(url: str) -> tuple[float, int]:

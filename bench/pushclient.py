@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urljoin
@@ -21,9 +22,10 @@ class PushError(RuntimeError):
     pass
 
 
-def new_session(connections: int = 64) -> aiohttp.ClientSession:
+def new_session(connections: int = 64, ssl_context: ssl.SSLContext | None = None) -> aiohttp.ClientSession:
+    """``ssl_context``: what HTTPS servers are checked with (one trusting a bench's certificate)."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=connections, force_close=False),
+        connector=aiohttp.TCPConnector(limit=connections, force_close=False, ssl=ssl_context or True),
         timeout=aiohttp.ClientTimeout(total=None, sock_read=600),
         auto_decompress=False,
     )

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import ssl
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from dockyard import __version__
 from dockyard.config import Settings, load_settings
+from dockyard.loop import LoopUnavailable
+from dockyard.loop import run as run_loop
 
 if TYPE_CHECKING:
     from dockyard.fsck import FsckReport
+
+T = TypeVar("T")
 
 
 @click.group()
@@ -124,7 +128,7 @@ def fsck(
             await core.meta.close()
             await core.blobs.close()
 
-    report = asyncio.run(run())
+    report = _run(settings, run())
     data = report.as_dict()
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -221,7 +225,15 @@ def _run_with_core(settings: Settings, work: Any) -> Any:
             await core.meta.close()
             await core.blobs.close()
 
-    return asyncio.run(run())
+    return _run(settings, run())
+
+
+def _run(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` on the event loop the settings name (``event_loop``)."""
+    try:
+        return run_loop(work, settings.event_loop)
+    except LoopUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command()
@@ -261,9 +273,10 @@ def gc(
         click.echo(f"nothing done: {report.skipped}")
         sys.exit(1)
     verb = "would free" if dry_run else "freed"
+    counts = report.counts
     click.echo(
-        f"{verb} {report.bytes_freed} bytes: {len(report.blobs)} blobs, {len(report.manifests)} manifests, "
-        f"{len(report.tags)} tags, {len(report.links)} links; {report.sessions_purged} stale sessions; "
+        f"{verb} {report.bytes_freed} bytes: {counts['blobs']} blobs, {counts['manifests']} manifests, "
+        f"{counts['tags']} tags, {counts['links']} links; {report.sessions_purged} stale sessions; "
         f"{report.duration:.2f}s"
     )
     for key in ("tags", "manifests", "links", "blobs"):
@@ -300,10 +313,9 @@ def db() -> None:
     """The metadata database's schema (migrations with Alembic)."""
 
 
-def _store(config_file: Path | None, data_dir: Path | None, migrate: bool) -> Any:
+def _store(settings: Settings, migrate: bool) -> Any:
     from dockyard.metadata.store import SqlMetadataStore
 
-    settings = _settings(config_file, data_dir)
     if settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     return SqlMetadataStore(settings.metadata_url, migrate=migrate)
@@ -327,7 +339,8 @@ def _with_db_options(command: Any) -> Any:
 @_with_db_options
 def db_upgrade(data_dir: Path | None, config_file: Path | None) -> None:
     """Migrate the schema to this version's newest revision (safe to run from many nodes at once)."""
-    store = _store(config_file, data_dir, migrate=True)
+    settings = _settings(config_file, data_dir)
+    store = _store(settings, migrate=True)
 
     async def run() -> tuple[str | None, str | None]:
         await store.open()  # migrates, under a lock on PostgreSQL
@@ -337,7 +350,7 @@ def db_upgrade(data_dir: Path | None, config_file: Path | None) -> None:
         finally:
             await store.close()
 
-    current, _head = asyncio.run(run())
+    current, _head = _run(settings, run())
     click.echo(f"schema at revision {current}")
 
 
@@ -345,7 +358,8 @@ def db_upgrade(data_dir: Path | None, config_file: Path | None) -> None:
 @_with_db_options
 def db_current(data_dir: Path | None, config_file: Path | None) -> None:
     """Print the schema's revision and the newest one this version knows; exit 1 if behind."""
-    store = _store(config_file, data_dir, migrate=False)
+    settings = _settings(config_file, data_dir)
+    store = _store(settings, migrate=False)
 
     async def run() -> tuple[str | None, str | None]:
         await store.connect()
@@ -355,7 +369,7 @@ def db_current(data_dir: Path | None, config_file: Path | None) -> None:
         finally:
             await store.close()
 
-    current, head = asyncio.run(run())
+    current, head = _run(settings, run())
     click.echo(f"current: {current or 'none'}\nhead: {head}")
     sys.exit(0 if current == head else 1)
 

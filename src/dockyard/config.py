@@ -16,6 +16,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from dockyard.loop import EventLoopChoice
+
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("dockyard_config_file", default=None)
 
 
@@ -361,6 +363,11 @@ class Settings(BaseSettings):
         ge=1,
         le=256,
         description="worker processes sharing one listening socket",
+    )
+    event_loop: EventLoopChoice = Field(
+        "auto",
+        description="the event loop: uvloop where it is installed (auto), the stock asyncio loop, "
+        "or uvloop required",
     )
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the metadata store; default SQLite in data_dir"

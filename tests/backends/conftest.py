@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import pytest
 
+from dockyard.loop import choice_from_env, loop_factory
 from dockyard.metadata.store import SqlMetadataStore
 from dockyard.registry.ports import BlobStore
 from dockyard.registry.service import Registry
@@ -27,8 +28,10 @@ MiB = 1 << 20
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+def anyio_backend() -> tuple[str, dict[str, Any]]:
+    """The loop the server runs (uvloop by default; ``DOCKYARD_EVENT_LOOP=asyncio``: the stock one),
+    so that the adapters' drivers (aiobotocore, asyncpg, aiosqlite) are tested on it."""
+    return "asyncio", {"loop_factory": loop_factory(choice_from_env())}
 
 
 class FilesystemHarness:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 from collections import OrderedDict
 
-from hypothesis import settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 
 from dockyard.registry.digests import Hasher, new_hasher
+from dockyard.registry.hashing import HASH_BATCH, BackgroundHasher
 from dockyard.registry.ports import UploadSession
 from dockyard.registry.uploads import LiveHashers
 
@@ -145,3 +148,47 @@ class LiveHashersMachine(RuleBasedStateMachine):
 
 LiveHashersMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30)
 test_live_hashers_agree_with_a_model = LiveHashersMachine.TestCase
+
+
+# -- hashing on a thread, one batch behind ------------------------------------------------------
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(min_value=0, max_value=700_000), max_size=12))
+def test_background_hashing_sees_every_piece_in_order(sizes: list[int]) -> None:
+    pieces = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+
+    async def run() -> str:
+        hashing = BackgroundHasher(new_hasher("sha256"))
+        for piece in pieces:
+            await hashing.update(piece)
+        return (await hashing.finish()).hexdigest()
+
+    assert asyncio.run(run()) == hashlib.sha256(b"".join(pieces)).hexdigest()
+
+
+def test_a_cancelled_update_leaves_the_hasher_whole() -> None:
+    """A task cancelled while a batch is on its thread waits for that batch: what the hasher has
+    seen is still a prefix of the stream, never a stream with a hole."""
+    piece = b"x" * HASH_BATCH
+
+    async def run() -> tuple[str, str]:
+        hashing = BackgroundHasher(new_hasher("sha256"))
+        given: list[bytes] = []
+
+        async def feed() -> None:
+            while True:
+                await hashing.update(piece)
+                given.append(piece)
+
+        task = asyncio.create_task(feed())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        # the piece given when the cancel came is the last one the hasher holds
+        hasher = await hashing.finish()
+        return hasher.hexdigest(), hashlib.sha256(b"".join([*given, piece])).hexdigest()
+
+    seen, expected = asyncio.run(run())
+    assert seen == expected

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
 from dockyard.config import AuthSettings
+
+# jwt and cryptography (~10 MiB a process) are imported where a token is made or checked, so a
+# worker of a registry without token auth never loads them.
 
 ALGORITHMS = ["ES256", "RS256"]  # never "none" or HMAC: a public key must not become a secret
 LEEWAY_SECONDS = 10
@@ -66,6 +65,8 @@ class Claims:
 
 
 def _key_id(public_key: Any) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     digest = base64.b32encode(hashlib.sha256(der).digest()[:30]).decode()
     return ":".join(digest[i : i + 4] for i in range(0, 48, 4))  # Distribution's libtrust style
@@ -73,6 +74,9 @@ def _key_id(public_key: Any) -> str:
 
 def load_or_create_key(path: Path, algorithm: str) -> Any:
     """The signing key; created on first use (atomically, so concurrent workers agree)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     if not path.exists():
         if algorithm == "ES256":
             key: Any = ec.generate_private_key(ec.SECP256R1())
@@ -93,6 +97,8 @@ def load_or_create_key(path: Path, algorithm: str) -> Any:
 
 
 def _load_public_key(path: Path) -> Any:
+    from cryptography.hazmat.primitives import serialization
+
     data = path.read_bytes()
     if b"CERTIFICATE" in data:
         from cryptography import x509
@@ -105,6 +111,8 @@ class TokenAuthority:
     """Signs tokens with this registry's key; verifies its own and trusted issuers' tokens."""
 
     def __init__(self, settings: AuthSettings, data_dir: Path) -> None:
+        import jwt
+
         self.settings = settings
         self.service = settings.token_service
         self.issuer = settings.token_issuer
@@ -124,6 +132,8 @@ class TokenAuthority:
                     keys[jwk.get("kid")] = jwt.PyJWK(jwk).key
 
     def _sign(self, claims: dict[str, Any]) -> str:
+        import jwt
+
         return jwt.encode(claims, self._key, algorithm=self.algorithm, headers={"kid": self.key_id})
 
     def issue(self, subject: str | None, grants: list[Grant]) -> tuple[str, int, float]:
@@ -157,6 +167,8 @@ class TokenAuthority:
         )
 
     def _decode(self, token: str) -> dict[str, Any]:
+        import jwt
+
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})

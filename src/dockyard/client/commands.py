@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -21,6 +20,8 @@ from dockyard.client.reference import ImageReference
 from dockyard.client.registry import ClientOptions, Registry, RegistryError
 from dockyard.client.state import STATE_FILE
 from dockyard.client.upload import DEFAULT_CHUNK_SIZE, DEFAULT_SINGLE_POST_MAX
+from dockyard.loop import LoopUnavailable
+from dockyard.loop import run as run_loop
 
 T = TypeVar("T")
 _SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(i?b?)\s*", re.IGNORECASE)
@@ -140,7 +141,10 @@ def _reference(text: str, **kwargs: Any) -> ImageReference:
 
 def _run(work: Coroutine[Any, Any, T], interrupted: str) -> T:
     try:
-        return asyncio.run(work)
+        # The client reads no settings file: DOCKYARD_EVENT_LOOP picks the loop (default auto).
+        return run_loop(work)
+    except LoopUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted; {interrupted}", err=True)
         sys.exit(130)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -31,9 +30,10 @@ def _with_options(command: Any) -> Any:
 
 
 def _with_log(config_file: Path | None, data_dir: Path | None, work: Callable[[EventLog], Awaitable[T]]) -> T:
-    from dockyard.cli import _store
+    from dockyard.cli import _run, _settings, _store
 
-    store = _store(config_file, data_dir, migrate=True)
+    settings = _settings(config_file, data_dir)
+    store = _store(settings, migrate=True)
 
     async def run() -> T:
         await store.open()
@@ -42,7 +42,7 @@ def _with_log(config_file: Path | None, data_dir: Path | None, work: Callable[[E
         finally:
             await store.close()
 
-    return asyncio.run(run())
+    return _run(settings, run())
 
 
 def _when(at: float | None) -> str:

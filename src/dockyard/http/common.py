@@ -143,7 +143,9 @@ async def body_stream(request: web.Request) -> AsyncIterator[bytes]:
             raise errors.RegistryError(errors.SHUTTING_DOWN, headers={"Retry-After": "1"})
         try:
             async with asyncio.timeout(min(HEARTBEAT_SECONDS, timeout)):
-                data = await request.content.readany()
+                # One piece as the parser fed it (readany() joins what is buffered: a copy of
+                # every byte, on the loop).
+                data, end_of_http_chunk = await request.content.readchunk()
         except TimeoutError:
             if loop.time() - last_data >= timeout:
                 raise errors.RegistryError(
@@ -159,7 +161,9 @@ async def body_stream(request: web.Request) -> AsyncIterator[bytes]:
                 yield tail
             raise ClientDisconnected(str(exc) or "the client closed the connection") from exc
         if not data:
-            return
+            if end_of_http_chunk:  # the end of a chunk of a chunked body: more may come
+                continue
+            return  # (b"", False) is the end of the body
         last_data = loop.time()
         yield data
 

@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import os
-import shutil
+import pickle
 import signal
 import socket
 import ssl
-import sys
-import tempfile
-import time
-from pathlib import Path
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from dockyard.config import Settings
-from dockyard.http import health, metrics
+from dockyard.http import health, metrics, supervisor
 from dockyard.http.app import create_app
 from dockyard.http.drain import DRAIN
+from dockyard.loop import LoopUnavailable, loop_factory, loop_name
+from dockyard.loop import run as run_loop
 from dockyard.startup import StartupError, wait_for_dependencies
 
 log = logging.getLogger("dockyard")
@@ -49,6 +46,10 @@ class _MalformedRequests(logging.Filter):
         record.levelno, record.levelname = logging.INFO, "INFO"
         record.exc_info, record.exc_text = None, None
         return True
+
+
+LISTEN_BACKLOG = 1024
+_ACCEPTS_PER_WAKEUP = 1
 
 
 def bind_socket(listen: str) -> socket.socket:
@@ -106,8 +107,14 @@ async def _serve(settings: Settings, sock: socket.socket, health_sock: socket.so
         shutdown_timeout=1.0,
     )
     await runner.setup()
-    site = web.SockSite(runner, sock, ssl_context=tls_context(settings))
+    # One connection per wake-up of the accept loop: asyncio otherwise accepts up to ``backlog``
+    # at once, so one worker takes a whole burst of new connections (32 clients connecting
+    # together all landed on one worker of two). ``start`` re-listens with the backlog given;
+    # the kernel's queue goes back to its size at once.
+    site = web.SockSite(runner, sock, ssl_context=tls_context(settings), backlog=_ACCEPTS_PER_WAKEUP)
     await site.start()
+    sock.listen(LISTEN_BACKLOG)
+    log.info("worker %d serving on the %s event loop", os.getpid(), loop_name())
     probes: web.AppRunner | None = None
     if health_sock is not None:  # health_listen: the probes alone, plain HTTP, answering while draining
         probes = web.AppRunner(health.probe_app(app), handle_signals=False, access_log=None)
@@ -174,7 +181,7 @@ def _busy(conn: object) -> bool:
 
 
 def _run_worker(settings: Settings, sock: socket.socket, health_sock: socket.socket | None) -> None:
-    asyncio.run(_serve(settings, sock, health_sock))
+    run_loop(_serve(settings, sock, health_sock), settings.event_loop)
 
 
 def serve(settings: Settings) -> None:
@@ -185,15 +192,19 @@ def serve(settings: Settings) -> None:
         raise StartupError(f"tls_cert, tls_key: {exc.filename}: {exc.strerror}") from exc
     except PermissionError as exc:
         raise StartupError(f"tls_cert, tls_key: {exc.filename}: {exc.strerror}") from exc
+    try:
+        loop_factory(settings.event_loop)
+    except LoopUnavailable as exc:
+        raise StartupError(str(exc)) from exc
     sockets = [bind_socket(settings.listen)]
     try:
         if settings.health_listen:
             sockets.append(bind_socket(settings.health_listen))
         # The stores answer, and the schema is created or migrated once, here, before the
         # workers race to open it (docs/operations.md "Start-up checks").
-        asyncio.run(wait_for_dependencies(settings))
+        run_loop(wait_for_dependencies(settings), settings.event_loop)
         for listening in sockets:
-            listening.listen(1024)
+            listening.listen(LISTEN_BACKLOG)
     except BaseException:
         for listening in sockets:
             listening.close()
@@ -220,86 +231,21 @@ def serve(settings: Settings) -> None:
         metrics.use_this_process_only()
         _run_worker(settings, sock, health_sock)
         return
-    # Workers record request metrics into files here, so that any one of them can answer a
-    # scrape with the sum over all. This process owns the directory; a new server starts empty.
-    metrics_dir = Path(tempfile.mkdtemp(prefix="dockyard-metrics-"))
-    metrics.use_shared_directory(metrics_dir)
-    try:
-        _supervise(settings, sock, health_sock)
-    finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+    # The supervisor is a small process of its own (http/supervisor.py): this one, holding
+    # everything the checks above imported, is replaced by it.
+    supervisor.handover(
+        pickle.dumps(settings),
+        sock,
+        health_sock,
+        {
+            "workers": settings.workers,
+            "log_level": settings.log_level,
+            "grace": settings.shutdown_grace_seconds,
+            "stop_after": settings.shutdown_grace_seconds + CUT_SECONDS + KILL_AFTER_SECONDS,
+        },
+    )
 
 
-def _supervise(settings: Settings, sock: socket.socket, health_sock: socket.socket | None) -> None:
-    """Fork the workers, replace those that die, stop them all on SIGTERM/SIGINT."""
-    children: dict[int, int] = {}  # pid -> worker index
-    stopping = False
-
-    def spawn(index: int) -> None:
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            code = 0
-            try:
-                _run_worker(settings, sock, health_sock)
-            except BaseException:
-                log.exception("worker %d failed", index)
-                code = 1
-            finally:
-                os._exit(code)
-        children[pid] = index
-
-    def stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        if stopping:
-            return
-        stopping = True
-        # This process's copies of the listening sockets: once the workers close theirs, the
-        # address refuses new connections (a load balancer tries another node at once).
-        sock.close()
-        if health_sock is not None:
-            health_sock.close()
-        log.info(
-            "shutting down: requests in flight get %g s (shutdown_grace_seconds)",
-            settings.shutdown_grace_seconds,
-        )
-        for pid in list(children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        signal.signal(signal.SIGALRM, lambda _signum, _frame: _kill_stragglers(children))
-        signal.setitimer(
-            signal.ITIMER_REAL, settings.shutdown_grace_seconds + CUT_SECONDS + KILL_AFTER_SECONDS
-        )
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    for i in range(settings.workers):
-        spawn(i)
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        index = children.pop(pid, None)
-        if index is not None:
-            metrics.process_exited(pid)
-        if index is not None and not stopping:
-            log.warning("worker %d (pid %d) exited with status %d; restarting it", index, pid, status)
-            time.sleep(0.2)
-            spawn(index)
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    sock.close()
-    if health_sock is not None:
-        health_sock.close()
-    sys.stdout.flush()
-
-
-def _kill_stragglers(children: dict[int, int]) -> None:
-    """Workers that outlived the grace period by far (a handler that ignores cancellation)."""
-    for pid, index in children.items():
-        log.warning("worker %d (pid %d) did not stop in time; killing it", index, pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+def run_worker(settings: Settings, sock: socket.socket, health_sock: socket.socket | None) -> None:
+    """Serve as one of the supervisor's workers until SIGTERM."""
+    _run_worker(settings, sock, health_sock)

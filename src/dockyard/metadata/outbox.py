@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import Connection, and_, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dockyard.metadata import schema as s
@@ -87,10 +87,15 @@ class Outbox:
         self.destinations = list(destinations)
         self.manifest_pulls = manifest_pulls
         self._clock = clock
-        #: called after an event is written (before its commit): wakes this process's deliverer
+        #: called by the store once a transaction wrote events: wakes this process's deliverer
         self.on_write: Callable[[], None] | None = None
 
-    async def add(self, conn: AsyncConnection, type_: str, repository: str, data: dict[str, Any]) -> None:
+    def written(self) -> None:
+        """Events were written (the store calls this in the event loop's thread)."""
+        if self.on_write is not None:
+            self.on_write()
+
+    def add(self, conn: Connection, type_: str, repository: str, data: dict[str, Any]) -> None:
         now = self._clock()
         event_id = str(uuid.uuid4())
         envelope = {
@@ -103,7 +108,7 @@ class Outbox:
             "datacontenttype": "application/json",
             "data": {"repository": repository, **data},
         }
-        result = await conn.execute(
+        result = conn.execute(
             s.events.insert().values(
                 id=event_id,
                 type=type_,
@@ -128,14 +133,13 @@ class Outbox:
             if d.wants(type_, repository)
         ]
         if rows:
-            await conn.execute(s.event_deliveries.insert(), rows)
-        if self.on_write is not None:
-            self.on_write()
+            conn.execute(s.event_deliveries.insert(), rows)
 
-    # -- what the store reports (one call per change, inside its transaction) --------------------
+    # -- what the store reports (one call per change, inside its transaction; synchronous: the
+    # store runs them in its writer thread, or through ``AsyncConnection.run_sync``) --------------------
 
-    async def manifest_pushed(
-        self, conn: AsyncConnection, repository: str, record: ManifestRecord, tags: Sequence[str]
+    def manifest_pushed(
+        self, conn: Connection, repository: str, record: ManifestRecord, tags: Sequence[str]
     ) -> None:
         data: dict[str, Any] = {
             "digest": str(record.digest),
@@ -147,29 +151,29 @@ class Outbox:
             data["artifactType"] = record.artifact_type
         if record.subject is not None:
             data["subject"] = str(record.subject)
-        await self.add(conn, "manifest.pushed", repository, data)
+        self.add(conn, "manifest.pushed", repository, data)
 
-    async def manifest_deleted(
-        self, conn: AsyncConnection, repository: str, digest: str, tags: Sequence[str], reason: str = "delete"
+    def manifest_deleted(
+        self, conn: Connection, repository: str, digest: str, tags: Sequence[str], reason: str = "delete"
     ) -> None:
         data = {"digest": digest, "tags": sorted(tags), "reason": reason}
-        await self.add(conn, "manifest.deleted", repository, data)
+        self.add(conn, "manifest.deleted", repository, data)
 
-    async def tag_deleted(
-        self, conn: AsyncConnection, repository: str, tag: str, digest: str, reason: str = "delete"
+    def tag_deleted(
+        self, conn: Connection, repository: str, tag: str, digest: str, reason: str = "delete"
     ) -> None:
-        await self.add(conn, "tag.deleted", repository, {"tag": tag, "digest": digest, "reason": reason})
+        self.add(conn, "tag.deleted", repository, {"tag": tag, "digest": digest, "reason": reason})
 
-    async def repository_deleted(self, conn: AsyncConnection, repository: str) -> None:
-        await self.add(conn, "repository.deleted", repository, {})
+    def repository_deleted(self, conn: Connection, repository: str) -> None:
+        self.add(conn, "repository.deleted", repository, {})
 
-    async def blob_mounted(
-        self, conn: AsyncConnection, repository: str, digest: str, size: int, source: str | None
+    def blob_mounted(
+        self, conn: Connection, repository: str, digest: str, size: int, source: str | None
     ) -> None:
-        await self.add(conn, "blob.mounted", repository, {"digest": digest, "size": size, "from": source})
+        self.add(conn, "blob.mounted", repository, {"digest": digest, "size": size, "from": source})
 
-    async def manifest_pulled(
-        self, conn: AsyncConnection, repository: str, record: ManifestRecord, reference: str
+    def manifest_pulled(
+        self, conn: Connection, repository: str, record: ManifestRecord, reference: str
     ) -> None:
         data = {
             "digest": str(record.digest),
@@ -177,7 +181,7 @@ class Outbox:
             "size": record.size,
             "reference": reference,
         }
-        await self.add(conn, "manifest.pulled", repository, data)
+        self.add(conn, "manifest.pulled", repository, data)
 
 
 _DELIVERY_COLUMNS = (

@@ -30,6 +30,8 @@ _TRY = text("SELECT pg_try_advisory_lock(:key)")
 _WAIT = text("SELECT pg_advisory_lock(:key)")
 _UNLOCK = text("SELECT pg_advisory_unlock(:key)")
 XACT_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+_WAIT_MANY = text("SELECT count(pg_advisory_lock(k)) FROM unnest(CAST(:keys AS BIGINT[])) AS k")
+_UNLOCK_MANY = text("SELECT count(pg_advisory_unlock(k)) FROM unnest(CAST(:keys AS BIGINT[])) AS k")
 
 
 def lock_key(namespace: str, name: str) -> int:
@@ -98,6 +100,36 @@ class AdvisoryLocks:
                 except BaseException:
                     await _discard(conn)
                     raise
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    @asynccontextmanager
+    async def hold_many(self, namespace: str, names: list[str]) -> AsyncIterator[None]:
+        """Take the locks of all ``names`` (waiting for each), on one connection, in one statement."""
+        keys = sorted({lock_key(namespace, name) for name in names})
+        with database_faults():
+            conn = await self._engine.connect()
+            try:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.execute(_WAIT_MANY, {"keys": keys})
+            except BaseException:
+                await _discard(conn)
+                raise
+        try:
+            yield
+        finally:
+            try:
+                await conn.execute(_UNLOCK_MANY, {"keys": keys})
+            except Exception as exc:
+                # As in ``hold``: the server drops the locks with the connection.
+                log.warning(
+                    "releasing %d advisory locks failed (%r); dropping their connection", len(keys), exc
+                )
+                with contextlib.suppress(Exception):
+                    await _discard(conn)
+            except BaseException:
+                await _discard(conn)
+                raise
             with contextlib.suppress(Exception):
                 await conn.close()
 

@@ -11,8 +11,8 @@ migration job may be on its way) — is waited for.
 from __future__ import annotations
 
 import socket
+import sys
 
-from alembic.util.exc import CommandError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -50,7 +50,9 @@ def classify(url: str, exc: BaseException) -> DependencyDown:
     where = describe(url)
     if isinstance(exc, DependencyDown):
         return exc
-    if isinstance(exc, CommandError):  # alembic: a revision this version does not know
+    # Alembic (imported only to migrate): a revision this version does not know.
+    alembic_errors = sys.modules.get("alembic.util.exc")
+    if alembic_errors is not None and isinstance(exc, alembic_errors.CommandError):
         return DependencyDown("database_url", f"{where}: schema unusable by this version: {exc}", final=True)
     state = _sqlstate(exc)
     if state is not None:

@@ -64,6 +64,7 @@ manifests = Table(
     Column("created_at", Float, nullable=False),
     PrimaryKeyConstraint("repository", "digest"),
     Index("ix_manifests_subject", "repository", "subject"),
+    Index("ix_manifests_digest", "digest"),  # is a stored digest a manifest anywhere (GC, fsck)
 )
 
 # What each manifest references: config and layers ("blob"), index children ("manifest").
@@ -76,6 +77,9 @@ manifest_refs = Table(
     Column("kind", String(16), nullable=False),
     PrimaryKeyConstraint("repository", "manifest", "digest", "kind"),
     Index("ix_manifest_refs_digest", "digest"),
+    # is a digest referenced within its repository (GC's mark and sweep): covering, so SQLite
+    # prefers it to the primary key's repository prefix
+    Index("ix_manifest_refs_repository_digest", "repository", "digest", "kind", "manifest"),
 )
 
 tags = Table(

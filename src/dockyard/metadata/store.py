@@ -9,6 +9,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -16,30 +17,27 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Row, and_, bindparam, delete, event, func, select, text, update
+from sqlalchemy import Connection, Row, and_, bindparam, delete, event, func, inspect, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from dockyard.clock import wall_clock
-from dockyard.metadata import probe
+from dockyard.metadata import probe, writes
 from dockyard.metadata import schema as s
 from dockyard.metadata.browsing import BrowsingQueries
 from dockyard.metadata.faults import DISK_FULL, GuardedEngine, database_faults
+from dockyard.metadata.gcqueries import GcQueries
 from dockyard.metadata.outbox import EventLog, Outbox
 from dockyard.metadata.pglocks import MIGRATIONS_KEY, XACT_LOCK, AdvisoryLocks
+from dockyard.metadata.sqlitewriter import SqliteWriter
 from dockyard.registry import errors
 from dockyard.registry.digests import Digest
 from dockyard.registry.ports import (
     DependencyDown,
     ManifestRecord,
     ManifestRef,
-    RepositoryView,
     TagRecord,
     UploadSession,
 )
@@ -50,8 +48,38 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+@functools.cache
+def head_revision() -> str | None:
+    """The newest migration's revision, read from the files: a schema already there is seen
+    without importing Alembic (~10 MiB in every worker). None unless there is exactly one head."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        source = path.read_text()
+        found = re.search(r"^revision\s*=\s*[\"'](\w+)[\"']", source, re.MULTILINE)
+        down = re.search(r"^down_revision\s*=\s*[\"'](\w+)[\"']", source, re.MULTILINE)
+        if found:
+            revisions.add(found.group(1))
+        if down:
+            parents.add(down.group(1))
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _stored_revision(connection: Connection) -> str | None:
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
 def upgrade_schema(connection: Connection) -> None:
     """Bring the schema to the newest revision (Alembic), inside the caller's transaction."""
+    head = head_revision()
+    if head is not None and _stored_revision(connection) == head:
+        return
+    from alembic import command
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
@@ -60,6 +88,10 @@ def upgrade_schema(connection: Connection) -> None:
 
 def schema_revisions(connection: Connection) -> tuple[str | None, str | None]:
     """The schema's current revision in the database, and the newest this version knows."""
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     current = MigrationContext.configure(connection).get_current_revision()
@@ -107,6 +139,7 @@ _TAGGED_MANIFEST = (
     .where(s.tags.c.repository == bindparam("repository"), s.tags.c.name == bindparam("tag"))
 )
 _UPLOAD = select(s.uploads).where(s.uploads.c.id == bindparam("id"))
+_REPOSITORY = select(s.repositories.c.name).where(s.repositories.c.name == bindparam("repository"))
 #: on PostgreSQL: name -> (cache key letter, the statement); the letters are migration 0007's
 _HOT_READS = {"size": ("b", _LINKED_SIZE), "manifest": ("m", _MANIFEST), "tag": ("t", _TAGGED_MANIFEST)}
 
@@ -185,6 +218,7 @@ class _SqliteHotReads:
                 ("manifest", _MANIFEST),
                 ("tag", _TAGGED_MANIFEST),
                 ("upload", _UPLOAD),
+                ("repository", _REPOSITORY),
             )
         }
         self._version = -1
@@ -295,7 +329,7 @@ def _session(row: Row[Any] | sqlite3.Row) -> UploadSession:
     )
 
 
-class SqlMetadataStore(BrowsingQueries):
+class SqlMetadataStore(BrowsingQueries, GcQueries):
     """Metadata in SQL. SQLite runs write transactions as ``BEGIN IMMEDIATE`` (WAL mode), so
     concurrent workers queue for the write lock instead of failing on upgrade."""
 
@@ -320,6 +354,7 @@ class SqlMetadataStore(BrowsingQueries):
         self._write: GuardedEngine
         self._lock_dir: Path | None = None
         self._hot: _SqliteHotReads | None = None
+        self._writer: SqliteWriter | None = None  # SQLite: the request path's write transactions
         self._pg_locks: AdvisoryLocks | None = None  # cross-node locks on PostgreSQL
         self._pg_reads: CachedReads | None = None  # the pull hot path on PostgreSQL
         #: when set, every change writes its event in its own transaction (metadata/outbox.py)
@@ -365,6 +400,7 @@ class SqlMetadataStore(BrowsingQueries):
             self._read = GuardedEngine(self._sqlite_engine(immediate=False))
             self._write = GuardedEngine(self._sqlite_engine(immediate=True))
             self._hot = _SqliteHotReads(path)
+            self._writer = SqliteWriter(path, lock_path=self._lock_dir / "sqlite-writer")
         else:
             # PostgreSQL: one engine; concurrency by transactions and row locks; session locks
             # (lock_upload, lock_blob, try_lock) are advisory locks on connections of their own.
@@ -439,9 +475,23 @@ class SqlMetadataStore(BrowsingQueries):
                 raise errors.RegistryError(errors.INSUFFICIENT_STORAGE) from exc
             raise
 
+    async def _transact(self, work: Callable[[Connection], _T]) -> _T:
+        """``work`` in one write transaction: on SQLite the writer thread's (grouped with other
+        requests' under one commit), on PostgreSQL the async engine's (``run_sync``)."""
+        if self._writer is not None:
+            return await self._writer.run(work)
+        async with self._begin() as conn:
+            return await conn.run_sync(work)
+
+    def _events_written(self) -> None:
+        if self.outbox is not None:
+            self.outbox.written()
+
     async def close(self) -> None:
         if self._hot is not None:
             self._hot.close()
+        if self._writer is not None:
+            self._writer.close()
         if self._pg_locks is not None:
             await self._pg_locks.close()
         if self._pg_reads is not None:
@@ -458,16 +508,11 @@ class SqlMetadataStore(BrowsingQueries):
     def _insert(self, table: Any) -> Any:
         return (sqlite.insert if self._is_sqlite else postgresql.insert)(table)
 
-    async def _ensure_repository(self, conn: AsyncConnection, repository: str) -> None:
-        await conn.execute(
-            self._insert(s.repositories)
-            .values(name=repository, created_at=self._clock())
-            .on_conflict_do_nothing()
-        )
-
     # -- repositories and blobs ---------------------------------------------------------------------
 
     async def repository_exists(self, repository: str) -> bool:
+        if self._hot is not None:
+            return bool(self._hot.cached("repository", {"repository": repository}, lambda row: True))
         async with self._read.connect() as conn:
             row = await conn.execute(select(s.repositories.c.name).where(s.repositories.c.name == repository))
             return row.first() is not None
@@ -528,54 +573,50 @@ class SqlMetadataStore(BrowsingQueries):
         size: int,
         mounted_from: str | None = None,
         mounted: bool = False,
+        ending_upload: str | None = None,
     ) -> None:
-        now = self._clock()
-        async with self._begin() as conn:
-            await self._ensure_repository(conn, repository)
-            await conn.execute(
-                self._insert(s.blobs)
-                .values(digest=str(digest), size=size, created_at=now)
-                # row-locks an existing record (see put_manifest and forget_blob)
-                .on_conflict_do_update(index_elements=[s.blobs.c.digest], set_={"size": s.blobs.c.size})
+        outbox = self.outbox if mounted else None
+        await self._transact(
+            functools.partial(
+                writes.link_blob,
+                repository=repository,
+                digest=str(digest),
+                size=size,
+                now=self._clock(),
+                outbox=outbox,
+                mounted_from=mounted_from,
+                ending_upload=ending_upload,
             )
-            # A link made again (re-upload, mount) counts as fresh: garbage collection measures
-            # its grace period from the last time the link was made or used.
-            link = s.repository_blobs
-            await conn.execute(
-                self._insert(link)
-                .values(repository=repository, digest=str(digest), created_at=now)
-                .on_conflict_do_update(
-                    index_elements=[link.c.repository, link.c.digest], set_={"created_at": now}
-                )
-            )
-            if mounted and self.outbox is not None:
-                await self.outbox.blob_mounted(conn, repository, str(digest), size, mounted_from)
+        )
+        if outbox is not None:
+            self._events_written()
+        if ending_upload is not None and self._lock_dir is not None:
+            (self._lock_dir / ending_upload).unlink(missing_ok=True)  # as delete_upload
 
     @_changes_cached_facts
     async def touch_link(self, repository: str, digest: Digest) -> None:
         link = s.repository_blobs
-        async with self._begin() as conn:
-            await conn.execute(
-                update(link)
-                .where(link.c.repository == repository, link.c.digest == str(digest))
-                .values(created_at=self._clock())
-            )
+        statement = (
+            update(link)
+            .where(link.c.repository == repository, link.c.digest == str(digest))
+            .values(created_at=self._clock())
+        )
+        await self._transact(lambda conn: conn.execute(statement))
 
     @_changes_cached_facts
     async def unlink_blob(self, repository: str, digest: Digest) -> bool:
-        async with self._begin() as conn:
-            result = await conn.execute(
-                delete(s.repository_blobs).where(
-                    s.repository_blobs.c.repository == repository,
-                    s.repository_blobs.c.digest == str(digest),
-                )
-            )
-            return bool(result.rowcount)
+        statement = delete(s.repository_blobs).where(
+            s.repository_blobs.c.repository == repository,
+            s.repository_blobs.c.digest == str(digest),
+        )
+        return await self._transact(lambda conn: bool(conn.execute(statement).rowcount))
 
     async def missing_blobs(self, repository: str, digests: Sequence[Digest]) -> list[Digest]:
         wanted = {str(d) for d in digests}
         if not wanted:
             return []
+        if self._hot is not None:  # in the loop (and cached): the push's transaction re-checks
+            return [d for d in digests if await self.linked_blob(repository, d) is None]
         q = select(s.repository_blobs.c.digest).where(
             s.repository_blobs.c.repository == repository, s.repository_blobs.c.digest.in_(wanted)
         )
@@ -587,6 +628,8 @@ class SqlMetadataStore(BrowsingQueries):
         wanted = {str(d) for d in digests}
         if not wanted:
             return []
+        if self._hot is not None:
+            return [d for d in digests if await self.get_manifest(repository, d) is None]
         q = select(s.manifests.c.digest).where(
             s.manifests.c.repository == repository, s.manifests.c.digest.in_(wanted)
         )
@@ -604,86 +647,18 @@ class SqlMetadataStore(BrowsingQueries):
         refs: Sequence[ManifestRef],
         tags: Sequence[str],
     ) -> None:
-        now = self._clock()
-        digest = str(record.digest)
-        async with self._begin() as conn:
-            await self._ensure_repository(conn, repository)
-            await self._check_refs_still_there(conn, repository, refs, now)
-            await conn.execute(
-                self._insert(s.manifests)
-                .values(
-                    repository=repository,
-                    digest=digest,
-                    media_type=record.media_type,
-                    size=record.size,
-                    artifact_type=record.artifact_type,
-                    subject=str(record.subject) if record.subject else None,
-                    annotations=json.dumps(record.annotations) if record.annotations else None,
-                    created_at=now,
-                )
-                # A no-op update rather than "do nothing": it row-locks an existing manifest, so a
-                # concurrent delete_manifest runs wholly before this push (which then inserts it
-                # anew) or wholly after it (and so also removes the tags set here), never between.
-                .on_conflict_do_update(
-                    index_elements=[s.manifests.c.repository, s.manifests.c.digest],
-                    set_={"size": s.manifests.c.size},
-                )
+        await self._transact(
+            functools.partial(
+                writes.put_manifest,
+                repository=repository,
+                record=record,
+                refs=refs,
+                tags=tags,
+                now=self._clock(),
+                outbox=self.outbox,
             )
-            if refs:
-                await conn.execute(
-                    self._insert(s.manifest_refs).on_conflict_do_nothing(),
-                    [
-                        {
-                            "repository": repository,
-                            "manifest": digest,
-                            "digest": str(r.digest),
-                            "kind": r.kind,
-                        }
-                        for r in refs
-                    ],
-                )
-            for tag in tags:
-                stmt = self._insert(s.tags).values(
-                    repository=repository, name=tag, digest=digest, updated_at=now
-                )
-                await conn.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=[s.tags.c.repository, s.tags.c.name],
-                        set_={"digest": digest, "updated_at": now},
-                    )
-                )
-            if self.outbox is not None:
-                await self.outbox.manifest_pushed(conn, repository, record, tags)
-
-    async def _check_refs_still_there(
-        self, conn: AsyncConnection, repository: str, refs: Sequence[ManifestRef], now: float
-    ) -> None:
-        """Inside the manifest's transaction: what it needs is (still) there. Touching the links
-        also tells garbage collection they are in use, so a collection cannot race the push."""
-        blobs = {str(r.digest) for r in refs if r.required and r.kind == "blob"}
-        if blobs:
-            link = s.repository_blobs
-            touched = await conn.execute(
-                update(link)
-                .where(link.c.repository == repository, link.c.digest.in_(blobs))
-                .values(created_at=now)
-            )
-            if (touched.rowcount or 0) != len(blobs):
-                raise errors.RegistryError(
-                    errors.MANIFEST_BLOB_UNKNOWN,
-                    message="a blob the manifest references is not in the repository",
-                )
-        children = {str(r.digest) for r in refs if r.required and r.kind == "manifest"}
-        if children:
-            m = s.manifests
-            found = await conn.execute(
-                select(func.count()).where(m.c.repository == repository, m.c.digest.in_(children))
-            )
-            if (found.scalar() or 0) != len(children):
-                raise errors.RegistryError(
-                    errors.MANIFEST_BLOB_UNKNOWN,
-                    message="a manifest the index references is not in the repository",
-                )
+        )
+        self._events_written()
 
     async def get_manifest(self, repository: str, digest: Digest) -> ManifestRecord | None:
         return await self._one_manifest(
@@ -723,41 +698,44 @@ class SqlMetadataStore(BrowsingQueries):
 
     @_changes_cached_facts
     async def delete_manifest(self, repository: str, digest: Digest) -> bool:
-        async with self._begin() as conn:
-            result = await conn.execute(
+        outbox = self.outbox
+
+        def remove(conn: Connection) -> bool:
+            result = conn.execute(
                 delete(s.manifests).where(
                     s.manifests.c.repository == repository, s.manifests.c.digest == str(digest)
                 )
             )
             if not result.rowcount:
                 return False
-            untagged = await conn.execute(
+            untagged = conn.execute(
                 delete(s.tags)
                 .where(s.tags.c.repository == repository, s.tags.c.digest == str(digest))
                 .returning(s.tags.c.name)
             )
             tags = list(untagged.scalars())  # (read whole: a cursor left open may hold the statement)
-            if self.outbox is not None:
-                await self.outbox.manifest_deleted(conn, repository, str(digest), tags)
-            await conn.execute(
+            if outbox is not None:
+                outbox.manifest_deleted(conn, repository, str(digest), tags)
+            conn.execute(
                 delete(s.manifest_refs).where(
                     s.manifest_refs.c.repository == repository, s.manifest_refs.c.manifest == str(digest)
                 )
             )
             return True
 
+        deleted = await self._transact(remove)
+        if deleted:
+            self._events_written()
+        return deleted
+
     @_changes_cached_facts
     async def delete_tag(self, repository: str, tag: str) -> bool:
-        async with self._begin() as conn:
-            result = await conn.execute(
-                delete(s.tags)
-                .where(s.tags.c.repository == repository, s.tags.c.name == tag)
-                .returning(s.tags.c.digest)
-            )
-            digest = result.scalar()
-            if digest is not None and self.outbox is not None:
-                await self.outbox.tag_deleted(conn, repository, tag, digest)
-            return digest is not None
+        deleted = await self._transact(
+            functools.partial(writes.delete_tag, repository=repository, tag=tag, outbox=self.outbox)
+        )
+        if deleted:
+            self._events_written()
+        return deleted
 
     async def list_tags(self, repository: str, limit: int, last: str | None) -> list[str]:
         q = (
@@ -797,19 +775,7 @@ class SqlMetadataStore(BrowsingQueries):
     # -- upload sessions --------------------------------------------------------------------------
 
     async def create_upload(self, session: UploadSession) -> None:
-        async with self._begin() as conn:
-            await conn.execute(
-                s.uploads.insert().values(
-                    id=session.id,
-                    repository=session.repository,
-                    staged_bytes=session.offset,
-                    algorithm=session.algorithm,
-                    created_at=session.created_at,
-                    updated_at=session.updated_at,
-                    owner=session.owner,
-                    backend_state=json.dumps(session.backend_state),
-                )
-            )
+        await self._transact(functools.partial(writes.create_upload, session=session))
 
     async def get_upload(self, upload_id: str) -> UploadSession | None:
         if self._hot is not None:
@@ -852,8 +818,7 @@ class SqlMetadataStore(BrowsingQueries):
             return int((await conn.execute(q)).scalar() or 0)
 
     async def delete_upload(self, upload_id: str) -> None:
-        async with self._begin() as conn:
-            await conn.execute(delete(s.uploads).where(s.uploads.c.id == upload_id))
+        await self._transact(functools.partial(writes.end_upload, upload_id=upload_id))
         if self._lock_dir is not None:  # its lock file goes with it (a holder keeps its inode)
             (self._lock_dir / upload_id).unlink(missing_ok=True)
 
@@ -949,148 +914,7 @@ class SqlMetadataStore(BrowsingQueries):
         async with _try_flock(self._lock_dir / f"named-{name}") as held:
             yield held
 
-    # -- garbage collection -------------------------------------------------------------------------
-
-    async def has_manifest(self, digest: Digest) -> bool:
-        async with self._read.connect() as conn:
-            q = select(s.manifests.c.digest).where(s.manifests.c.digest == str(digest)).limit(1)
-            return (await conn.execute(q)).first() is not None
-
-    async def gc_repository_view(self, repository: str) -> RepositoryView:
-        view = RepositoryView(created={}, subjects={}, children={}, tagged=set())
-        async with self._read.connect() as conn:
-            rows = await conn.execute(
-                select(s.manifests.c.digest, s.manifests.c.subject, s.manifests.c.created_at).where(
-                    s.manifests.c.repository == repository
-                )
-            )
-            for digest, subject, created in rows:
-                view.created[Digest.parse(digest)] = created
-                if subject:
-                    view.subjects[Digest.parse(digest)] = Digest.parse(subject)
-            edges = await conn.execute(
-                select(s.manifest_refs.c.manifest, s.manifest_refs.c.digest).where(
-                    s.manifest_refs.c.repository == repository, s.manifest_refs.c.kind == "manifest"
-                )
-            )
-            for parent, child in edges:
-                view.children.setdefault(Digest.parse(parent), set()).add(Digest.parse(child))
-            tagged = await conn.execute(select(s.tags.c.digest).where(s.tags.c.repository == repository))
-            view.tagged = {Digest.parse(d) for d in tagged.scalars()}
-        return view
-
-    @_changes_cached_facts
-    async def gc_delete_manifests(
-        self, repository: str, digests: Sequence[Digest], cutoff: float
-    ) -> list[Digest]:
-        if not digests:
-            return []
-        doomed = {str(d) for d in digests}
-        m, refs, t = s.manifests, s.manifest_refs, s.tags
-        async with self._begin() as conn:
-            # Lock the rows first (PostgreSQL; SQLite's write transaction is already exclusive),
-            # so a concurrent tag move or push serialises with the re-checks below.
-            await conn.execute(
-                select(m.c.digest)
-                .where(m.c.repository == repository, m.c.digest.in_(doomed))
-                .with_for_update()
-            )
-            # Re-check inside the write transaction: still untagged, still old, and no manifest
-            # outside the doomed set (say, an index pushed meanwhile) references it.
-            tagged = set(
-                (
-                    await conn.execute(
-                        select(t.c.digest).where(t.c.repository == repository, t.c.digest.in_(doomed))
-                    )
-                ).scalars()
-            )
-            young = set(
-                (
-                    await conn.execute(
-                        select(m.c.digest).where(
-                            m.c.repository == repository, m.c.digest.in_(doomed), m.c.created_at >= cutoff
-                        )
-                    )
-                ).scalars()
-            )
-            wanted = set(
-                (
-                    await conn.execute(
-                        select(refs.c.digest).where(
-                            refs.c.repository == repository,
-                            refs.c.kind == "manifest",
-                            refs.c.digest.in_(doomed),
-                            refs.c.manifest.not_in(doomed),
-                        )
-                    )
-                ).scalars()
-            )
-            victims = doomed - tagged - young - wanted
-            if not victims:
-                return []
-            await conn.execute(delete(m).where(m.c.repository == repository, m.c.digest.in_(victims)))
-            await conn.execute(
-                delete(refs).where(refs.c.repository == repository, refs.c.manifest.in_(victims))
-            )
-            if self.outbox is not None:
-                for victim in sorted(victims):
-                    await self.outbox.manifest_deleted(conn, repository, victim, [], reason="gc")
-            return sorted(Digest.parse(d) for d in victims)
-
-    def _unreferenced_links(self, repository: str, cutoff: float) -> Any:
-        link, refs = s.repository_blobs, s.manifest_refs
-        return and_(
-            link.c.repository == repository,
-            link.c.created_at < cutoff,
-            ~select(refs.c.digest)
-            .where(
-                refs.c.repository == link.c.repository, refs.c.digest == link.c.digest, refs.c.kind == "blob"
-            )
-            .exists(),
-        )
-
-    @_changes_cached_facts
-    async def gc_unreferenced_links(self, repository: str, cutoff: float, delete_them: bool) -> list[Digest]:
-        link = s.repository_blobs
-        condition = self._unreferenced_links(repository, cutoff)
-        if not delete_them:
-            async with self._read.connect() as conn:
-                return [
-                    Digest.parse(d)
-                    for d in (await conn.execute(select(link.c.digest).where(condition))).scalars()
-                ]
-        async with self._begin() as conn:
-            found = [
-                Digest.parse(d)
-                for d in (await conn.execute(select(link.c.digest).where(condition))).scalars()
-            ]
-            await conn.execute(delete(link).where(condition))
-            return found
-
-    async def gc_unlinked_blobs(self) -> list[tuple[Digest, int]]:
-        b, link = s.blobs, s.repository_blobs
-        q = select(b.c.digest, b.c.size).where(
-            ~select(link.c.digest).where(link.c.digest == b.c.digest).exists()
-        )
-        async with self._read.connect() as conn:
-            return [(Digest.parse(d), size) for d, size in await conn.execute(q)]
-
-    async def blob_recorded(self, digest: Digest) -> bool:
-        async with self._read.connect() as conn:
-            q = select(s.blobs.c.digest).where(s.blobs.c.digest == str(digest))
-            return (await conn.execute(q)).first() is not None
-
-    async def gc_forget_blob(self, digest: Digest) -> bool:
-        b, link, m = s.blobs, s.repository_blobs, s.manifests
-        async with self._begin() as conn:
-            result = await conn.execute(
-                delete(b).where(
-                    b.c.digest == str(digest),
-                    ~select(link.c.digest).where(link.c.digest == str(digest)).exists(),
-                    ~select(m.c.digest).where(m.c.digest == str(digest)).exists(),
-                )
-            )
-            return bool(result.rowcount)
+    # -- garbage collection: metadata/gcqueries.py; retention -----------------------------------------
 
     @_changes_cached_facts
     async def delete_tag_if(self, repository: str, tag: str, digest: Digest) -> bool:
@@ -1101,7 +925,8 @@ class SqlMetadataStore(BrowsingQueries):
                 )
             )
             if result.rowcount and self.outbox is not None:
-                await self.outbox.tag_deleted(conn, repository, tag, str(digest), reason="retention")
+                await conn.run_sync(self.outbox.tag_deleted, repository, tag, str(digest), reason="retention")
+                self.outbox.written()
             return bool(result.rowcount)
 
     async def list_tag_records(self, repository: str) -> list[tuple[str, Digest, float]]:
@@ -1123,7 +948,8 @@ class SqlMetadataStore(BrowsingQueries):
                 await conn.execute(delete(table).where(table.c.repository == repository))
             result = await conn.execute(delete(s.repositories).where(s.repositories.c.name == repository))
             if result.rowcount and self.outbox is not None:
-                await self.outbox.repository_deleted(conn, repository)
+                await conn.run_sync(self.outbox.repository_deleted, repository)
+                self.outbox.written()
             return bool(result.rowcount)
 
     async def record_login_failure(self, keys: list[str]) -> None:
@@ -1190,7 +1016,8 @@ class SqlMetadataStore(BrowsingQueries):
         if self.outbox is None or not self.outbox.manifest_pulls:
             return
         async with self._begin() as conn:
-            await self.outbox.manifest_pulled(conn, repository, record, reference)
+            await conn.run_sync(self.outbox.manifest_pulled, repository, record, reference)
+        self.outbox.written()
 
     def event_log(self) -> EventLog:
         """The events' delivery queue (metadata/outbox.py), over this store's connections."""

@@ -307,9 +307,11 @@ class MetadataStore(Protocol):
         size: int,
         mounted_from: str | None = None,
         mounted: bool = False,
+        ending_upload: str | None = None,
     ) -> None:
         """Link a blob into a repository; ``mounted``: a mount (from ``mounted_from``, when known),
-        reported as an event with the link."""
+        reported as an event with the link; ``ending_upload``: the upload session this publishes,
+        removed in the same transaction."""
         ...
 
     async def unlink_blob(self, repository: str, digest: Digest) -> bool: ...
@@ -418,30 +420,59 @@ class MetadataStore(Protocol):
         """A named lock across workers and nodes (e.g. one garbage collector at a time)."""
         ...
 
-    # garbage collection (conditional deletes: each re-checks its condition in its transaction)
-    async def gc_repository_view(self, repository: str) -> RepositoryView: ...
+    # garbage collection (metadata/gcqueries.py): set-based marks streamed in chunks, conditional
+    # deletes per chunk (each re-checks its condition in its transaction)
+    def gc_doomed_manifests(
+        self, first: str, last: str, cutoff: float, delete_untagged: bool, keep_referrers: bool
+    ) -> AsyncIterator[list[tuple[str, Digest]]]:
+        """Chunks of the manifests of repositories ``first``…``last`` (by name, inclusive) that
+        nothing keeps and that are older than ``cutoff``; indexes before their children."""
+        ...
+
+    def gc_unreferenced_links(
+        self, first: str, last: str, cutoff: float
+    ) -> AsyncIterator[list[tuple[str, Digest]]]:
+        """Chunks of the links of repositories ``first``…``last`` older than ``cutoff`` that no
+        manifest of their repository references."""
+        ...
+
+    async def gc_unlinked_blobs(self, after: str | None, limit: int = 500) -> list[tuple[Digest, int]]:
+        """A page of blob records (by digest, after ``after``) that no repository links."""
+        ...
+
+    async def gc_recorded(self, digests: Sequence[Digest]) -> set[Digest]:
+        """Those of ``digests`` that something records: a blob record, or a manifest anywhere."""
+        ...
+
+    async def gc_repository_view(self, repository: str) -> RepositoryView:
+        """One repository's manifests, tags and edges (a dry run that imagines tags gone)."""
+        ...
 
     async def gc_delete_manifests(
-        self, repository: str, digests: Sequence[Digest], cutoff: float
-    ) -> list[Digest]:
-        """Delete those manifests that are still untagged, older than ``cutoff`` and referenced
-        by no manifest outside the set; returns the ones deleted."""
+        self, doomed: Sequence[tuple[str, Digest]], cutoff: float
+    ) -> list[tuple[str, Digest]]:
+        """Delete those of ``doomed`` that are still untagged, older than ``cutoff`` and
+        referenced by no manifest outside ``doomed``; returns the ones deleted."""
         ...
 
-    async def gc_unreferenced_links(self, repository: str, cutoff: float, delete_them: bool) -> list[Digest]:
-        """Links older than ``cutoff`` that no manifest of the repository references."""
-        ...
-
-    async def gc_unlinked_blobs(self) -> list[tuple[Digest, int]]:
-        """Blob records no repository links."""
+    async def gc_delete_links(
+        self, links: Sequence[tuple[str, Digest]], cutoff: float
+    ) -> list[tuple[str, Digest]]:
+        """Delete those of ``links`` still older than ``cutoff`` and still unreferenced."""
         ...
 
     async def blob_recorded(self, digest: Digest) -> bool:
         """Whether the blob has a record (linked or not)."""
         ...
 
-    async def gc_forget_blob(self, digest: Digest) -> bool:
-        """Drop the blob's record if still nothing links it and no manifest has its digest."""
+    async def gc_forget_blobs(self, digests: Sequence[Digest]) -> list[tuple[Digest, int]]:
+        """Drop the records of those blobs that still nothing links and that are no manifest's
+        digest; returns the ones dropped. The caller holds their locks (``lock_blobs``)."""
+        ...
+
+    def lock_blobs(self, digests: Sequence[Digest]) -> AbstractAsyncContextManager[None]:
+        """``lock_blob`` of every one of ``digests``, held together (only the collector, of
+        which one runs at a time, holds more than one)."""
         ...
 
     async def delete_tag_if(self, repository: str, tag: str, digest: Digest) -> bool:

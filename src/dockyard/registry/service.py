@@ -18,6 +18,7 @@ from dockyard.failpoints import crash_point, database_fault_point, storage_fault
 from dockyard.registry import errors
 from dockyard.registry.digests import DEFAULT_ALGORITHM, Digest, Hasher, check_algorithm, new_hasher
 from dockyard.registry.direct import DIRECT_MIX, DirectStatus, check_parts, parse_part_request
+from dockyard.registry.hashing import BackgroundHasher
 from dockyard.registry.manifests import ParsedManifest, parse_manifest
 from dockyard.registry.names import Reference, parse_name, parse_tag
 from dockyard.registry.ports import (
@@ -43,6 +44,8 @@ async def _no_body() -> Body:
 _UPLOAD_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _PAGE_SIZE = re.compile(r"[0-9]{1,18}")
 _CRASH_AFTER_BYTES = 1 << 20  # where the "patch.mid_body" crash point fires
+#: a single POST of at most this many bytes (Content-Length) is taken whole, without a session
+SMALL_BLOB_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -535,6 +538,17 @@ class Registry:
                 if body is not None:
                     self._refuse_direct(session)
                 await self._complete_direct(session, direct, declared_size)
+            elif body is not None and await self._takes_whole(session, chunk, length):
+                # A monolithic PUT of a small blob: no staging at all (as a small single POST).
+                assert length is not None
+                try:
+                    await self._upload_small(repository, digest, length, body, ending=session.id)
+                except errors.RegistryError as exc:
+                    if exc.error is errors.DIGEST_INVALID:
+                        await self._discard(session)  # as _publish: never keep what does not verify
+                    raise
+                self._hashers.drop(session.id)
+                return digest
             elif body is not None:
                 await self._append(session, chunk, length, body)
             await self._publish(session, digest)
@@ -545,6 +559,8 @@ class Registry:
     ) -> Digest:
         """Single-POST upload (spec: "Single POST"): the whole blob in the POST's body."""
         digest = Digest.parse(digest_text)
+        if length is not None and length <= SMALL_BLOB_BYTES:
+            return await self._upload_small(repository, digest, length, body)
         session = await self.start_upload(repository, digest.algorithm, owner)
         try:
             return await self.commit_upload(repository, session.id, str(digest), None, length, body, owner)
@@ -554,6 +570,55 @@ class Registry:
             with contextlib.suppress(Exception):
                 await self._discard(session)
             raise
+
+    async def _takes_whole(self, session: UploadSession, chunk: str | None, length: int | None) -> bool:
+        """Whether a PUT's body is the whole of a small blob: nothing staged before it."""
+        return (
+            chunk is None
+            and length is not None
+            and length <= SMALL_BLOB_BYTES
+            and session.offset == 0
+            and await self.blobs.staging_size(session) == 0
+        )
+
+    async def _upload_small(
+        self, repository: str, digest: Digest, length: int, body: Body, ending: str | None = None
+    ) -> Digest:
+        """A small blob that arrives whole: verified in memory and stored like a manifest's bytes
+        (a temp file, fsync, rename, fsync of the directory), then linked; no session, no staging
+        directory, one transaction."""
+        check_algorithm(digest.algorithm)
+        pieces: list[bytes] = []
+        received = 0
+        async for data in body:
+            received += len(data)
+            if received > length:
+                raise errors.RegistryError(
+                    errors.SIZE_INVALID, message="the body is longer than its declared length"
+                )
+            pieces.append(data)
+        content = b"".join(pieces)
+        if received != length:
+            raise errors.RegistryError(
+                errors.SIZE_INVALID, message=f"the body has {received} bytes, Content-Length says {length}"
+            )
+        if Digest.of(content, digest.algorithm) != digest:
+            raise errors.RegistryError(
+                errors.DIGEST_INVALID,
+                detail={"digest": str(digest)},
+                message=f"uploaded content does not match digest {digest}",
+            )
+        # Under the blob's lock, as _publish: a collection never sees the bytes without the link.
+        async with self.meta.lock_blob(digest):
+            crash_point("commit.before_move")
+            with _storage_errors():
+                storage_fault_point("commit.move")
+                await self.blobs.put(digest, content)
+            crash_point("commit.after_move")
+            database_fault_point("commit.link")
+            await self.meta.link_blob(repository, digest, length, ending_upload=ending)
+        crash_point("commit.after_link")
+        return digest
 
     async def cancel_upload(self, repository: str, upload_id: str, owner: str | None = None) -> None:
         async with self._writer(repository, upload_id, owner) as session:
@@ -724,6 +789,7 @@ class Registry:
         hasher: Hasher | None = self._hashers.take(session)
         if hasher is None and session.offset == 0:
             hasher = new_hasher(session.algorithm)
+        hashing = BackgroundHasher(hasher) if hasher is not None else None
         start = session.offset
         received = 0
         writer = None
@@ -743,9 +809,9 @@ class Registry:
                         )
                     storage_fault_point("patch.write")
                     await writer.write(data)
-                    if hasher is not None:
-                        hasher.update(data)
                     received += len(data)
+                    if hashing is not None:
+                        await hashing.update(data)
                     if received >= _CRASH_AFTER_BYTES:
                         crash_point("patch.mid_body")
         finally:
@@ -760,15 +826,15 @@ class Registry:
                     # The last flush failed: nothing of this request may be acknowledged as more
                     # than what is really there (never a 2xx from here: see below).
                     close_error = _storage_error(exc) if isinstance(exc, OSError) else exc
-                    hasher = None
+                    hashing = None
                     size = await self.blobs.staging_size(session) or start
             session.offset = size
             session.updated_at = self._clock()
             crash_point("patch.before_save")
             database_fault_point("patch.save")
             await self.meta.save_upload(session)
-            if hasher is not None and size == start + received:
-                self._hashers.keep(session, hasher)
+            if hashing is not None and size == start + received:
+                self._hashers.keep(session, await hashing.finish())
         if close_error is not None:
             # The body arrived but its bytes did not all reach the store: the client is told
             # (503 or 507), and GET on the session says where it stands.
@@ -794,9 +860,10 @@ class Registry:
         if staged is not None:
             hasher = self._hashers.take(session) if session.algorithm == digest.algorithm else None
             if hasher is None:
-                hasher = new_hasher(digest.algorithm)
+                hashing = BackgroundHasher(new_hasher(digest.algorithm))
                 async for data in self.blobs.staging_read(session):
-                    hasher.update(data)
+                    await hashing.update(data)
+                hasher = await hashing.finish()
             if hasher.hexdigest() != digest.hex:
                 # The bytes are not what the client meant: never publish them, keep nothing.
                 await self._discard(session)
