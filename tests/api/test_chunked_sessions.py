@@ -409,3 +409,33 @@ def test_patch_body_shorter_than_its_content_range_leaves_a_truthful_session(
     assert r.status_code == 202
     r = client.put(location, params={"digest": digest_of(b"0123456789abcdef")})
     assert r.status_code == 201, r.text
+
+
+def test_empty_patches_answer_every_time_and_a_broken_chunked_patch_lets_go_of_the_session(
+    client: httpx.Client, registry_server: DockyardServer, repo: str
+) -> None:
+    """Empty PATCHes (clients probe a busy session with them) answer at once, however many a
+    worker has seen; a chunked PATCH whose framing breaks lets go of its session. (aiohttp's empty
+    body is one object per process: read once, it then said "a chunk ended, more may come"
+    forever, and the worker spun on its second empty PATCH, memory growing by gigabytes.)"""
+    data = os.urandom(10)
+    for _ in range(6):  # connections land on either worker
+        location = open_session(client, repo)
+        assert _patch(client, location, data[:4], 0).status_code == 202
+        head = (
+            f"PATCH {location} HTTP/1.1\r\nHost: 127.0.0.1:{registry_server.port}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", registry_server.port), timeout=10) as sock:
+            sock.sendall(head + b"5\r\nabcdefgh\r\n")
+        deadline = time.monotonic() + 60
+        while (r := client.patch(location, content=b"")).status_code == 416:
+            assert time.monotonic() < deadline, "the broken PATCH never let go of the session"
+            time.sleep(0.05)
+        assert r.status_code == 202, r.text
+        assert r.headers["range"] == "0-3"
+        with httpx.Client(base_url=registry_server.url, timeout=30) as fresh:  # the other worker too
+            assert fresh.patch(location, content=b"").headers["range"] == "0-3"
+        assert _patch(client, location, data[4:], 4).status_code == 202
+        r = client.put(location, params={"digest": digest_of(data)})
+        assert r.status_code == 201, r.text

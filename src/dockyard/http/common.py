@@ -161,7 +161,10 @@ async def body_stream(request: web.Request) -> AsyncIterator[bytes]:
                 yield tail
             raise ClientDisconnected(str(exc) or "the client closed the connection") from exc
         if not data:
-            if end_of_http_chunk:  # the end of a chunk of a chunked body: more may come
+            # (b"", True) ends a chunk of a chunked body: more may come, unless the stream is
+            # over. aiohttp's empty body (one object per process) answers (b"", True) forever
+            # once anything read it: looping on that spun the worker on its second empty PATCH.
+            if end_of_http_chunk and not request.content.at_eof():
                 continue
             return  # (b"", False) is the end of the body
         last_data = loop.time()
