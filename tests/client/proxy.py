@@ -10,6 +10,9 @@ injects the faults a bad network has, at byte positions given in advance:
   not forwarded, both connections are aborted (the request arrived whole; its answer is lost);
 - ``stall_upstream_at(n, seconds)``: stop forwarding upstream at byte n for ``seconds``, then
   abort (a link that goes silent: the client's timeout fires);
+- ``hold_upstream_at(n)``: stop forwarding upstream at byte n until ``release()``, on every
+  connection (a client's retries wait too), then abort the connection that reached it (the test
+  decides when, whatever the machine's speed: "stopped mid-blob" without a race);
 - ``cut_downstream_at(n)``: the same as ``cut_upstream_at`` for server→client bytes (pulls);
 - ``rate``: at most this many client→server bytes per second; ``delay``: latency per piece.
 """
@@ -27,7 +30,7 @@ from dataclasses import dataclass, field
 class _Fault:
     kind: str  # "cut_up", "cut_down", "drop_response", "stall"
     at: int
-    seconds: float = 0.0
+    seconds: float | None = 0.0  # a stall's length; None: until release()
     fired: bool = False
 
 
@@ -47,6 +50,7 @@ class FaultProxy:
     _thread: threading.Thread | None = None
     _server: asyncio.Server | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _released: threading.Event = field(default_factory=threading.Event)
 
     @property
     def url(self) -> str:
@@ -69,6 +73,17 @@ class FaultProxy:
 
     def stall_upstream_at(self, n: int, seconds: float) -> None:
         self._add(_Fault("stall", n, seconds))
+
+    def hold_upstream_at(self, n: int) -> None:
+        self._add(_Fault("stall", n, None))
+
+    def holding(self) -> bool:
+        """Whether a hold has stopped the upstream bytes (and waits for ``release``)."""
+        with self._lock:
+            return any(f.kind == "stall" and f.seconds is None and f.fired for f in self._faults)
+
+    def release(self) -> None:
+        self._released.set()
 
     def _add(self, fault: _Fault) -> None:
         with self._lock:
@@ -128,6 +143,7 @@ class FaultProxy:
         return self
 
     def stop(self) -> None:
+        self._released.set()  # no thread left waiting on a hold
         loop = self._loop
         if loop is None:
             return
@@ -175,7 +191,10 @@ class FaultProxy:
                         head = stall.at - self.upstream
                         await self._forward_up(server_writer, data[:head])
                         self._fire(stall)
-                        await asyncio.sleep(stall.seconds)
+                        if stall.seconds is None:
+                            await asyncio.to_thread(self._released.wait)
+                        else:
+                            await asyncio.sleep(stall.seconds)
                         abort()
                         return
                     cut = self._next("cut_up", self.upstream)
@@ -236,6 +255,8 @@ class FaultProxy:
     async def _forward_up(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         if not data:
             return
+        if self.holding():
+            await asyncio.to_thread(self._released.wait)
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.rate:
