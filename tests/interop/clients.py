@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,15 @@ class Skopeo:
         return self.run("delete", "--tls-verify=false", reference)
 
 
-def access_log_lines(server: DockyardServer, needle: str) -> list[str]:
-    """The access-log lines of ``server`` (started with ``DOCKYARD_ACCESS_LOG=true``) holding ``needle``."""
-    return [line for line in server.log().splitlines() if "aiohttp.access" in line and needle in line]
+def access_log_lines(
+    server: DockyardServer, needle: str, at_least: int = 0, timeout: float = 60.0
+) -> list[str]:
+    """The access-log lines of ``server`` (started with ``DOCKYARD_ACCESS_LOG=true``) holding
+    ``needle``; with ``at_least``, once that many are there (a worker writes its line after the
+    answer has gone out: on a busy machine the client can be done first)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in server.log().splitlines() if "aiohttp.access" in line and needle in line]
+        if len(lines) >= at_least or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)

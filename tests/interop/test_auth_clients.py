@@ -155,7 +155,9 @@ def test_skopeo_copy_between_repositories_mounts_the_blobs(
     )  # fmt: skip
 
     assert served_manifest(secured, target)[0] == pushed.digest
-    posts = access_log_lines(secured.server, f"POST /v2/{target}/blobs/uploads/?")
+    posts = access_log_lines(
+        secured.server, f"POST /v2/{target}/blobs/uploads/?", at_least=len(pushed.layers)
+    )
     mounts = [line for line in posts if "mount=" in line and f"from={team_repo.replace('/', '%2F')}" in line]
     assert len(mounts) == len(pushed.layers) and all('" 201 ' in line for line in mounts), posts
 

@@ -92,8 +92,8 @@ def test_push_to_another_repository_mounts_every_blob(
 
     ctr_cli.push(f"{server.host}/{target}:multi", f"{server.host}/{source}:multi")
 
-    mounts = access_log_lines(server, f"POST /v2/{target}/blobs/uploads/?mount=")
     blobs = {digest for image in index.images for digest in image.blob_digests}
+    mounts = access_log_lines(server, f"POST /v2/{target}/blobs/uploads/?mount=", at_least=len(blobs))
     assert {line.split("mount=")[1].split("&")[0] for line in mounts} == blobs
     assert all(f"from={source} " in line and '" 201 ' in line for line in mounts), mounts
     assert access_log_lines(server, f"PATCH /v2/{target}/") == []
