@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -239,3 +244,35 @@ def test_pull_with_referrers_brings_the_artifacts_that_refer_to_the_image(
     entries = json.loads((tmp_path / "out" / "index.json").read_text())["manifests"]
     assert [e for e in entries if e["digest"] == sbom and "annotations" not in e]  # listed, unnamed
     assert resolve_tag(tmp_path / "out", "v1").digest == built.digest  # the tag still names the index
+
+
+def test_ctrl_c_leaves_even_when_the_work_swallows_the_cancellation() -> None:
+    """A request stalled in a write on a dead link once swallowed Ctrl-C's cancellation and the
+    push went on retrying: after the grace period the command leaves anyway, 130, with the hint."""
+    script = textwrap.dedent(
+        """
+        import asyncio
+        from dockyard.client import commands
+        commands.INTERRUPT_GRACE = 1.0
+
+        async def stubborn() -> None:
+            print("working", flush=True)
+            while True:
+                try:
+                    await asyncio.sleep(100)
+                except asyncio.CancelledError:
+                    pass
+
+        commands._run(stubborn(), "run the same command again")
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None and child.stdout.readline() == "working\n"
+    started = time.monotonic()
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err
+    assert "interrupted; run the same command again" in err
+    assert time.monotonic() - started >= 1.0  # the grace came first

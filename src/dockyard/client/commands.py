@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -139,10 +142,53 @@ def _reference(text: str, **kwargs: Any) -> ImageReference:
         raise click.BadParameter(str(exc)) from None
 
 
+#: after Ctrl-C, how long the work may take to wind down before the process leaves anyway
+INTERRUPT_GRACE = 10.0
+
+
+def _leave(interrupted: str) -> None:
+    """Exit at once (130): what resumes the work is on disk already (a kill -9 loses nothing)."""
+    click.echo(f"\ninterrupted; {interrupted}", err=True)
+    sys.stderr.flush()
+    os._exit(130)
+
+
+async def _interruptible(work: Coroutine[Any, Any, T], interrupted: str) -> T:
+    """``work``, which Ctrl-C cancels; if it has not ended ``INTERRUPT_GRACE`` seconds later (a
+    request stalled in a write on a dead link can swallow the cancellation), or at a second
+    Ctrl-C, the process leaves anyway."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    presses = 0
+
+    def on_interrupt() -> None:
+        nonlocal presses
+        presses += 1
+        if presses > 1:
+            _leave(interrupted)
+        if task is not None:
+            task.cancel()
+        loop.call_later(INTERRUPT_GRACE, _leave, interrupted)
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_interrupt)
+    except (NotImplementedError, RuntimeError, ValueError):  # no signals here: the default stays
+        return await work
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if presses:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGINT)
+
+
 def _run(work: Coroutine[Any, Any, T], interrupted: str) -> T:
     try:
         # The client reads no settings file: DOCKYARD_EVENT_LOOP picks the loop (default auto).
-        return run_loop(work)
+        return run_loop(_interruptible(work, interrupted))
     except LoopUnavailable as exc:
         raise click.ClickException(str(exc)) from exc
     except KeyboardInterrupt:
