@@ -190,6 +190,7 @@ def _run(work: Coroutine[Any, Any, T], interrupted: str) -> T:
         # The client reads no settings file: DOCKYARD_EVENT_LOOP picks the loop (default auto).
         return run_loop(_interruptible(work, interrupted))
     except LoopUnavailable as exc:
+        work.close()  # never started: no "coroutine was never awaited" warning
         raise click.ClickException(str(exc)) from exc
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted; {interrupted}", err=True)
