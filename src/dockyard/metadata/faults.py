@@ -28,6 +28,9 @@ DISK_FULL = "53100"
 # asyncpg's errors for a connection that is gone (they carry no SQLSTATE).
 _LOST_CONNECTION_NAMES = {"ConnectionDoesNotExistError", "ConnectionFailureError", "ConnectionRejectionError"}
 _SQLITE_UNAVAILABLE = ("database is locked", "disk i/o error", "unable to open database file")
+# asyncpg's words for a connection out of step with its server (it read the server's FATAL while
+# idle and the end of the stream is still on its way): the connection is lost, not misused.
+_OUT_OF_STEP = ("another operation", "not connected", "protocol is in", "in an unexpected state")
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -58,6 +61,8 @@ def is_database_fault(exc: BaseException) -> bool:
         ):
             return True
         if type(item).__name__ in _LOST_CONNECTION_NAMES:
+            return True
+        if type(item).__name__ == "InternalClientError" and any(t in str(item) for t in _OUT_OF_STEP):
             return True
         if isinstance(item, sqlite3.OperationalError) and any(
             text in str(item).lower() for text in _SQLITE_UNAVAILABLE

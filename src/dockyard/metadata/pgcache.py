@@ -51,6 +51,9 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,  # admin_shutdown: PostgreSQL stopping
     asyncpg.exceptions.InvalidCachedStatementError,  # a migration changed what a statement returns
+    # a connection out of step with its server: it read the server's FATAL (a shutdown, a
+    # terminated backend) while idle, and the end of the stream has not arrived yet
+    asyncpg.exceptions.InternalClientError,
 )
 _KEEPALIVES = {
     "tcp_keepalives_idle": "30",
@@ -98,6 +101,8 @@ class _Pool:
     async def _fetchrow(self, name: str, statement: _Statement, args: list[str]) -> Any:
         async with self._free:
             for attempt in (1, 2):
+                while self._idle and self._idle[-1][0].is_closed():
+                    self._idle.pop()  # the server ended it while it waited here
                 conn, prepared = self._idle.pop() if self._idle else await self._connect()
                 try:
                     ps = prepared.get(name)
