@@ -18,8 +18,9 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from dockyard.metadata.faults import database_faults
@@ -84,24 +85,10 @@ class AdvisoryLocks:
             yield held
         finally:
             if held:
-                try:
-                    await conn.execute(_UNLOCK, {"key": key})
-                except Exception as exc:
-                    # The connection failed (the database restarted, say): the server drops the
-                    # lock with it, so the work done under it stands; only the connection goes.
-                    log.warning(
-                        "releasing advisory lock %s/%s failed (%r); dropping its connection",
-                        namespace,
-                        name,
-                        exc,
-                    )
-                    with contextlib.suppress(Exception):
-                        await _discard(conn)
-                except BaseException:
-                    await _discard(conn)
-                    raise
-            with contextlib.suppress(Exception):
-                await conn.close()
+                await _unlock_and_close(conn, _UNLOCK, {"key": key}, f"advisory lock {namespace}/{name}")
+            else:
+                with contextlib.suppress(Exception):
+                    await conn.close()
 
     @asynccontextmanager
     async def hold_many(self, namespace: str, names: list[str]) -> AsyncIterator[None]:
@@ -118,23 +105,30 @@ class AdvisoryLocks:
         try:
             yield
         finally:
-            try:
-                await conn.execute(_UNLOCK_MANY, {"keys": keys})
-            except Exception as exc:
-                # As in ``hold``: the server drops the locks with the connection.
-                log.warning(
-                    "releasing %d advisory locks failed (%r); dropping their connection", len(keys), exc
-                )
-                with contextlib.suppress(Exception):
-                    await _discard(conn)
-            except BaseException:
-                await _discard(conn)
-                raise
-            with contextlib.suppress(Exception):
-                await conn.close()
+            await _unlock_and_close(conn, _UNLOCK_MANY, {"keys": keys}, f"{len(keys)} advisory locks")
 
     async def close(self) -> None:
         await self._engine.dispose()
+
+
+async def _unlock_and_close(
+    conn: AsyncConnection, unlock: TextClause, params: dict[str, Any], what: str
+) -> None:
+    """Release what ``conn`` holds and return it to the pool. If the release fails (the database
+    restarted, say), the server dropped the locks with the connection, so the work done under
+    them stands: only the connection goes."""
+    try:
+        await conn.execute(unlock, params)
+    except Exception as exc:
+        log.warning("releasing %s failed (%r); dropping its connection", what, exc)
+        with contextlib.suppress(Exception):
+            await _discard(conn)
+        return
+    except BaseException:
+        await _discard(conn)
+        raise
+    with contextlib.suppress(Exception):
+        await conn.close()
 
 
 async def _discard(conn: AsyncConnection) -> None:
