@@ -14,6 +14,12 @@ Rounds interleave the two (A B A B); ratios are medians of per-round ratios.
 
 P11: the server with 2 workers, idle (RSS and PSS of every process), and each worker's peak RSS
 while 16 clients push 4 MiB images at once; Distribution idle beside it.
+
+P12: metadata at scale. 1,000,000 tags in 100,000 repositories (one image each, ten tags on it)
+and, as the reference in the same run, 10,000 tags in 1,000 repositories, written straight into
+the schema's tables (bench/scaledata.py); first pages of the catalog and of a tag list and a
+manifest GET by tag timed one request at a time, then ``dockyard fsck`` and ``dockyard gc``
+timed with their peak RSS.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -47,7 +54,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pushclient
 from distribution import add_distribution_option, filesystem_storage, start_distribution, stop
 from procs import Dockyard, children, rss_kib
-from scaledata import count_files, images, populate_distribution, populate_dockyard
+from scaledata import (
+    OCI_MANIFEST,
+    count_files,
+    images,
+    populate_distribution,
+    populate_dockyard,
+    populate_tags,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 MiB = 1024 * 1024
@@ -402,6 +416,112 @@ def p11(args: argparse.Namespace, work: Path) -> list[str]:
     ]
 
 
+# -- P12 --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MetaRun:
+    tags: int
+    populate_s: float
+    db_mib: float
+    latency_ms: dict[str, float]  # request -> median
+    fsck: tuple[float, float, int]  # wall s, peak RSS MiB, exit status
+    gc: tuple[float, float, int]
+
+
+def request_latencies(base: str, paths: list[tuple[str, dict[str, str]]], count: int) -> dict[str, float]:
+    """Median milliseconds of each request, one at a time on one keep-alive connection, the
+    requests taking turns (a drift of the machine weighs on all alike); 10% warm-up first."""
+    port = int(base.rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    found: dict[str, list[float]] = {path: [] for path, _ in paths}
+    warm = max(1, count // 10)
+    for n in range(warm + count):
+        for path, headers in paths:
+            begun = time.perf_counter()
+            conn.request("GET", path, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"GET {path}: {response.status}")
+            if n >= warm:
+                found[path].append((time.perf_counter() - begun) * 1000)
+    conn.close()
+    return {path: median(values) for path, values in found.items()}
+
+
+def meta_run(work: Path, repositories: int, tags_per_repository: int, count: int) -> MetaRun:
+    data = work / f"meta-{repositories}"
+    shutil.rmtree(data, ignore_errors=True)
+    begun = time.perf_counter()
+    tags = populate_tags(data, repositories, tags_per_repository, age=7200)
+    populate_s = time.perf_counter() - begun
+    db_mib = (data / "metadata.db").stat().st_size / MiB
+    middle = f"meta/r{repositories // 2:06d}"
+    paths = {
+        "catalog": ("/v2/_catalog?n=100", {}),
+        "catalog-middle": (f"/v2/_catalog?n=100&last={middle}", {}),
+        "tags": (f"/v2/{middle}/tags/list?n=100", {}),
+        "manifest": (f"/v2/{middle}/manifests/v5", {"Accept": OCI_MANIFEST}),
+    }
+    server = Dockyard(data, work / "dockyard-p12.log")
+    server.start_timeout = 300.0
+    try:
+        server.start()
+        by_path = request_latencies(server.base, list(paths.values()), count)
+    finally:
+        server.stop()
+    latency = {name: by_path[path] for name, (path, _) in paths.items()}
+    exe = str(Path(sys.executable).with_name("dockyard"))
+    env = dockyard_env()
+    fsck = timed_child([exe, "fsck", "--data-dir", str(data), "--json"], work / "fsck.log", env)
+    gc = timed_child([exe, "gc", "--data-dir", str(data), "--json"], work / "gc-p12.log", env)
+    shutil.rmtree(data, ignore_errors=True)
+    return MetaRun(tags, populate_s, db_mib, latency, fsck, gc)
+
+
+def p12(args: argparse.Namespace, work: Path) -> list[str]:
+    small = meta_run(work, args.meta_repositories // 100, 10, args.meta_requests)
+    log(f"P12 {small.tags:,} tags: {small.latency_ms}, fsck {small.fsck}, gc {small.gc}")
+    big = meta_run(work, args.meta_repositories, 10, args.meta_requests)
+    log(f"P12 {big.tags:,} tags: {big.latency_ms}, fsck {big.fsck}, gc {big.gc}")
+    for name, run in (("fsck", big.fsck), ("gc", big.gc)):
+        if run[2] != 0:
+            raise RuntimeError(f"dockyard {name} exited {run[2]} at {big.tags:,} tags (see {work})")
+    lines = [
+        f"### P12 metadata at scale, {big.tags:,} tags in {args.meta_repositories:,} repositories",
+        "",
+        f"Reference: the same registry with {small.tags:,} tags in {args.meta_repositories // 100:,} "
+        f"repositories, same run. Rows written straight into the schema (populate {big.populate_s:.0f} s; "
+        f"metadata.db {big.db_mib:.0f} MiB against {small.db_mib:.1f} MiB). Latencies: median of "
+        f"{args.meta_requests} requests one at a time, the four taking turns.",
+        "",
+        f"| | {big.tags:,} tags | {small.tags:,} tags | ratio | target | |",
+        "|---|---|---|---|---|---|",
+    ]
+    labels = {
+        "catalog": ("`_catalog?n=100`, first page", True),
+        "catalog-middle": ("`_catalog?n=100&last=…`, a page from the middle", False),
+        "tags": ("`tags/list?n=100`, first page", True),
+        "manifest": ("manifest `GET` by tag", False),
+    }
+    for name, (label, targeted) in labels.items():
+        ratio = big.latency_ms[name] / small.latency_ms[name]
+        target = f"≤ 2x | {verdict(ratio <= 2.0)}" if targeted else "report | "
+        lines.append(
+            f"| {label} | {big.latency_ms[name]:.2f} ms | {small.latency_ms[name]:.2f} ms "
+            f"| {ratio:.3g}x | {target} |"
+        )
+    for name, b, sm in (("fsck", big.fsck, small.fsck), ("gc", big.gc, small.gc)):
+        lines.append(
+            f"| `dockyard {name}`: wall, peak RSS | {b[0]:.1f} s, {b[1]:.0f} MiB "
+            f"| {sm[0]:.1f} s, {sm[1]:.0f} MiB "
+            f"| {b[0] / sm[0]:.3g}x time | ≤ 200 MiB | {verdict(b[1] <= 200)} |"
+        )
+    lines.append("")
+    return lines
+
+
 # -- main -------------------------------------------------------------------------------------------
 
 
@@ -410,11 +530,15 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_distribution_option(parser)
-    parser.add_argument("--only", default="P10,P11", help="workloads, comma-separated (P10, P11)")
+    parser.add_argument("--only", default="P10,P11,P12", help="workloads, comma-separated (P10, P11, P12)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--manifests", type=int, default=20_000)
     parser.add_argument("--small", type=int, default=1_000)
     parser.add_argument("--load-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--meta-repositories", type=int, default=100_000, help="P12: repositories (10 tags each)"
+    )
+    parser.add_argument("--meta-requests", type=int, default=300, help="P12: timed requests of each kind")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results-scale.md")
     args = parser.parse_args()
@@ -432,6 +556,8 @@ def main() -> int:
             lines += p10(args, work)
         if "P11" in wanted:
             lines += p11(args, work)
+        if "P12" in wanted:
+            lines += p12(args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     text = "\n".join(lines)

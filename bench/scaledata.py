@@ -109,6 +109,29 @@ def populate_dockyard(data_dir: Path, items: list[Image], age: float = 3600.0) -
     db.close()
 
 
+def populate_tags(data_dir: Path, repositories: int, tags_per_repository: int, age: float = 3600.0) -> int:
+    """``repositories`` repositories of one image each (its own config, layer and manifest) under
+    ``tags_per_repository`` tags, as rows of the schema and blob files; returns the tag count."""
+    items = [
+        Image(f"meta/r{n:06d}", None, i.config, i.layer, i.manifest)
+        for n, i in enumerate(images(repositories, 1, seed=12))
+    ]
+    populate_dockyard(data_dir, items, age)
+    when = time.time() - age
+    db = sqlite3.connect(data_dir / "metadata.db")
+    with db:
+        db.executemany(
+            "INSERT INTO tags (repository, name, digest, updated_at) VALUES (?, ?, ?, ?)",
+            (
+                (i.repository, f"v{t}", f"sha256:{sha(i.manifest)}", when)
+                for i in items
+                for t in range(tags_per_repository)
+            ),
+        )
+    db.close()
+    return repositories * tags_per_repository
+
+
 async def _migrate(store: object) -> None:
     await store.open()  # type: ignore[attr-defined]
     await store.close()  # type: ignore[attr-defined]
