@@ -62,10 +62,31 @@ def main() -> int:
     sections: list[str] = []
     verdicts: list[str] = []
     failed_scripts: list[str] = []
+    chosen = [b for b in BENCHES if not wanted or b[0].removesuffix(".py") in wanted]
+
+    def write(done: int) -> None:
+        """The results file as it stands (rewritten after each bench: an interrupted run keeps
+        what it measured)."""
+        failing = [row for row in verdicts if row.startswith("- **FAIL**")]
+        header = [
+            "# dockyard benchmarks: one full run",
+            "",
+            f"`python bench/full.py {' '.join(sys.argv[1:])}` at commit {commit}, "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.monotonic() - begun:.0f} s in all"
+            + (f" (so far: {done} of {len(chosen)} benches)" if done < len(chosen) else "")
+            + ".",
+            "",
+            f"{len(verdicts) - len(failing)} rows PASS, {len(failing)} FAIL"
+            + (f"; did not report: {', '.join(failed_scripts)}" if failed_scripts else "")
+            + ". Every row with a target (each compared with its reference in its own bench, below):",
+            "",
+            *verdicts,
+            "",
+        ]
+        args.out.write_text("\n".join(header + sections) + "\n")
+
     with tempfile.TemporaryDirectory(prefix="dockyard-bench-full-") as tmp:
-        for script, title, extra in BENCHES:
-            if wanted and script.removesuffix(".py") not in wanted:
-                continue
+        for done, (script, title, extra) in enumerate(chosen, 1):
             out = Path(tmp) / f"{script}.md"
             cmd = [sys.executable, str(BENCH_DIR / script), "--out", str(out), *extra]
             if args.distribution and script != "run.py":
@@ -77,26 +98,12 @@ def main() -> int:
             report = out.read_text() if out.exists() else ""
             if status not in (0, 1) or not report:
                 failed_scripts.append(f"{script} exited {status} without a report")
-                continue
-            verdicts += verdict_rows(report, script)
-            sections += [f"## {title} (`{script}`, {took / 60:.1f} min)", "", report.strip(), ""]
-    failing = [row for row in verdicts if row.startswith("- **FAIL**")]
-    header = [
-        "# dockyard benchmarks: one full run",
-        "",
-        f"`python bench/full.py {' '.join(sys.argv[1:])}` at commit {commit}, "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.monotonic() - begun:.0f} s in all.",
-        "",
-        f"{len(verdicts) - len(failing)} rows PASS, {len(failing)} FAIL"
-        + (f"; did not report: {', '.join(failed_scripts)}" if failed_scripts else "")
-        + ". Every row with a target (each compared with its reference in its own bench, below):",
-        "",
-        *verdicts,
-        "",
-    ]
-    args.out.write_text("\n".join(header + sections) + "\n")
+            else:
+                verdicts.extend(verdict_rows(report, script))
+                sections.extend([f"## {title} (`{script}`, {took / 60:.1f} min)", "", report.strip(), ""])
+            write(done)
     print(f"wrote {args.out}", flush=True)
-    return 1 if failing or failed_scripts else 0
+    return 1 if failed_scripts or any(row.startswith("- **FAIL**") for row in verdicts) else 0
 
 
 if __name__ == "__main__":
