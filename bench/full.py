@@ -13,6 +13,7 @@ Without ``--distribution`` the rows compared with Distribution show dockyard's f
 from __future__ import annotations
 
 import argparse
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -20,11 +21,11 @@ import time
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
-BENCHES = [  # script, title, its own extra arguments
-    ("run.py", "P1-P7: pulls and pushes beside nginx", []),
-    ("tls.py", "T1-T3: HTTPS beside nginx and Distribution", []),
-    ("smallwrites.py", "P8, P9: small writes beside Distribution", []),
-    ("scale.py", "P10-P12: garbage collection, memory, metadata at scale", []),
+BENCHES = [  # script, title
+    ("run.py", "P1-P7: pulls and pushes beside nginx"),
+    ("tls.py", "T1-T3: HTTPS beside nginx and Distribution"),
+    ("smallwrites.py", "P8, P9: small writes beside Distribution"),
+    ("scale.py", "P10-P12: garbage collection, memory, metadata at scale"),
 ]
 
 
@@ -52,9 +53,18 @@ def main() -> int:
     parser.add_argument(
         "--only", default="", help="scripts to run, comma-separated (run, tls, smallwrites, scale)"
     )
+    parser.add_argument(
+        "--with",
+        dest="extra",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help='more arguments for one bench, e.g. --with "scale=--rounds 1 --manifests 10000"',
+    )
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results-latest.md")
     args = parser.parse_args()
     wanted = {name.strip() for name in args.only.split(",") if name.strip()}
+    more = {name.strip(): shlex.split(rest) for name, _, rest in (e.partition("=") for e in args.extra)}
     commit = subprocess.run(
         ["git", "-C", str(BENCH_DIR), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
@@ -86,9 +96,10 @@ def main() -> int:
         args.out.write_text("\n".join(header + sections) + "\n")
 
     with tempfile.TemporaryDirectory(prefix="dockyard-bench-full-") as tmp:
-        for done, (script, title, extra) in enumerate(chosen, 1):
+        for done, (script, title) in enumerate(chosen, 1):
             out = Path(tmp) / f"{script}.md"
-            cmd = [sys.executable, str(BENCH_DIR / script), "--out", str(out), *extra]
+            cmd = [sys.executable, str(BENCH_DIR / script), "--out", str(out)]
+            cmd += more.get(script.removesuffix(".py"), [])
             if args.distribution and script != "run.py":
                 cmd += ["--distribution", str(args.distribution)]
             print(f"== {script} ({title})", flush=True)
