@@ -81,7 +81,7 @@ def main() -> int:
         header = [
             "# dockyard benchmarks: one full run",
             "",
-            f"`python bench/full.py {' '.join(sys.argv[1:])}` at commit {commit}, "
+            f"`python bench/full.py {shlex.join(sys.argv[1:])}` at commit {commit}, "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.monotonic() - begun:.0f} s in all"
             + (f" (so far: {done} of {len(chosen)} benches)" if done < len(chosen) else "")
             + ".",
