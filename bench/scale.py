@@ -91,17 +91,27 @@ def pss_kib(pid: int) -> int | None:
     return None
 
 
+GNU_TIME = "/usr/bin/time"
+
+
 def timed_child(
-    args: list[str], log_path: Path, env: dict[str, str] | None = None
+    args: list[str], log_path: Path, env: dict[str, str] | None = None, stdout_path: Path | None = None
 ) -> tuple[float, float, int]:
-    """Run ``args`` to the end: (wall seconds, peak RSS MiB, exit status)."""
-    with open(log_path, "ab") as out:
+    """Run ``args`` to the end: (wall seconds, peak RSS MiB, exit status).
+
+    The peak is GNU time's ``%M``, the child's own high-water mark. Not ``wait4``'s ``ru_maxrss``
+    here: Python starts children with vfork, and a vforked child keeps its parent's high-water
+    RSS across exec, so that would report this bench process's own size whenever it is larger
+    (it was: 164 MiB for both fsck and gc at 10,000 tags, the bench's size after P11)."""
+    peak_file = log_path.with_suffix(".peak")
+    with open(log_path, "ab") as errors, open(stdout_path or log_path, "ab") as out:
         begun = time.perf_counter()
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
+        status = subprocess.run(
+            [GNU_TIME, "-f", "%M", "-o", str(peak_file), *args], stdout=out, stderr=errors, env=env
+        ).returncode
         wall = time.perf_counter() - begun
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
-    return wall, usage.ru_maxrss / 1024, proc.returncode
+    peak_kib = int(peak_file.read_text().split()[-1])  # after "Command exited with …" if it failed
+    return wall, peak_kib / 1024, status
 
 
 # -- P10 --------------------------------------------------------------------------------------------
@@ -180,17 +190,11 @@ def gc_dockyard(work: Path, manifests: int, seed: int, pushes: bool) -> GcRun:
             pusher = Pusher(server.base, "live/during")
             pusher.start()
         args = [exe, "gc", "--data-dir", str(data), "--delete-untagged", "--json"]
-        with open(out, "wb") as report_file, open(work / "gc.log", "ab") as errors:
-            begun = time.perf_counter()
-            proc = subprocess.Popen(args, stdout=report_file, stderr=errors, env=dockyard_env())
-            _, status, usage = os.wait4(proc.pid, 0)
-            wall = time.perf_counter() - begun
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.unlink(missing_ok=True)
+        wall, peak, status = timed_child(args, work / "gc.log", dockyard_env(), stdout_path=out)
         during = pusher.stop() if pusher is not None else []
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"dockyard gc exited {proc.returncode}: {(work / 'gc.log').read_text()[-2000:]}"
-            )
+        if status != 0:
+            raise RuntimeError(f"dockyard gc exited {status}: {(work / 'gc.log').read_text()[-2000:]}")
         if pusher is not None and pusher.failures:
             raise RuntimeError(f"pushes failed during gc: {pusher.failures[:3]}")
     finally:
@@ -203,7 +207,7 @@ def gc_dockyard(work: Path, manifests: int, seed: int, pushes: bool) -> GcRun:
     if got != expected:
         raise RuntimeError(f"dockyard gc deleted {got} (manifests, blobs), expected {expected}")
     shutil.rmtree(data, ignore_errors=True)
-    return GcRun(wall, usage.ru_maxrss / 1024, report["duration_seconds"], report, idle, during)
+    return GcRun(wall, peak, report["duration_seconds"], report, idle, during)
 
 
 def gc_distribution(binary: Path, work: Path, manifests: int, seed: int) -> GcRun:
@@ -542,6 +546,8 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results-scale.md")
     args = parser.parse_args()
+    if not os.access(GNU_TIME, os.X_OK):
+        sys.exit(f"{GNU_TIME} is missing (it measures the collectors' peak RSS): apt-get install -y time")
     wanted = {w.strip().upper() for w in args.only.split(",")}
     work = Path(tempfile.mkdtemp(prefix="dockyard-scale-", dir=args.workdir))
     lines = [
