@@ -35,10 +35,12 @@ def verdict_rows(markdown: str, script: str) -> list[str]:
     found = []
     for line in markdown.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        verdict = next((cell for cell in cells if cell in ("PASS", "FAIL")), None)
-        if not line.startswith("|") or verdict is None:
+        # a verdict cell: PASS or FAIL, or one per target ("PASS, FAIL")
+        cell = next((c for c in cells if c and set(c.replace(",", " ").split()) <= {"PASS", "FAIL"}), None)
+        if not line.startswith("|") or cell is None:
             continue
-        figures = " · ".join(cell for cell in cells[1:] if cell and cell != verdict)
+        verdict = "FAIL" if "FAIL" in cell else "PASS"
+        figures = " · ".join(c for c in cells[1:] if c and c != cell)
         found.append(f"- **{verdict}** {cells[0]}: {figures} ({script})")
     return found
 
