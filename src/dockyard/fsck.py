@@ -9,6 +9,7 @@ sessions whose staged bytes are gone) are garbage, not damage: reported, and rem
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,29 +69,60 @@ async def _hash_matches(core: Registry, digest: Digest) -> tuple[bool, int]:
     return hasher.hexdigest() == digest.hex, size
 
 
+#: digests per page of records read from the metadata store
+PAGE = 1000
+
+
+async def _recorded(core: Registry) -> AsyncIterator[Digest]:
+    """Every digest something records, in digest order, a page at a time."""
+    after: Digest | None = None
+    while True:
+        page = await core.meta.recorded_digests(after, PAGE)
+        for digest in page:
+            if after is not None and digest <= after:
+                raise RuntimeError(f"the metadata store listed {digest} after {after}: not in digest order")
+            yield digest
+            after = digest
+        if len(page) < PAGE:
+            return
+
+
 async def fsck(core: Registry, repair: bool = False, grace_seconds: float = 3600.0) -> FsckReport:
-    """Check the stores under ``core``; with ``repair``, remove damage and old orphans."""
+    """Check the stores under ``core``; with ``repair``, remove damage and old orphans.
+
+    The stored digests and the recorded ones are walked side by side, both in digest order (a
+    merge), so memory holds a page of records, not the registry: what one side has and the other
+    lacks is an orphan or a blob without bytes."""
     report = FsckReport()
-    recorded_blobs: dict[Digest, int] = {}
-    async for digest, size in core.meta.iter_blobs():
-        recorded_blobs[digest] = size
-    manifests = await core.meta.manifest_digests()
-    stored: set[Digest] = set()
-    async for digest in core.blobs.iter_digests():
+    records = _recorded(core)
+    record = await anext(records, None)
+    last: Digest | None = None
+    async for entry in core.blobs.iter_digests():
         try:
-            digest = Digest.parse(str(digest))
+            digest = Digest.parse(str(entry))
         except Exception:
-            report.unparseable.append(str(digest))
+            report.unparseable.append(str(entry))
             continue
-        stored.add(digest)
+        if last is not None and digest <= last:
+            report.unparseable.append(f"{digest} (stored out of place)")
+            continue
+        last = digest
+        while record is not None and record < digest:
+            report.missing_bytes.append(record)
+            record = await anext(records, None)
+        recorded = record == digest
+        if recorded:
+            record = await anext(records, None)
         ok, size = await _hash_matches(core, digest)
         report.blobs_checked += 1
         report.bytes_checked += size
         if not ok:
             report.corrupt.append(digest)
-        elif digest not in recorded_blobs and digest not in manifests:
+        elif not recorded:
             report.orphan_bytes.append(digest)
-    report.missing_bytes = sorted((set(recorded_blobs) | manifests) - stored)
+    while record is not None:
+        report.missing_bytes.append(record)
+        record = await anext(records, None)
     report.dangling_tags = await core.meta.dangling_tags()
     report.unrecorded_links = await core.meta.unrecorded_links()
 
@@ -110,7 +142,7 @@ async def fsck(core: Registry, repair: bool = False, grace_seconds: float = 3600
 async def _repair(core: Registry, report: FsckReport, grace_seconds: float) -> None:
     for digest in report.corrupt:
         # Bad bytes must not be served: drop them and their records; clients push them again.
-        await core.meta.forget_blob(digest)
+        await _forget(core, digest, report)
         await core.blobs.delete(digest)
         report.repaired.append(f"removed corrupt {digest}")
     for tag in report.dangling_tags:
@@ -121,7 +153,7 @@ async def _repair(core: Registry, report: FsckReport, grace_seconds: float) -> N
         report.repaired.append(f"removed link to unrecorded {digest}")
     for digest in report.missing_bytes:
         if digest not in report.corrupt:
-            await core.meta.forget_blob(digest)
+            await _forget(core, digest, report)
             report.repaired.append(f"forgot blob without bytes {digest}")
     for digest in report.orphan_bytes:
         age = await core.blobs.age(digest)
@@ -135,3 +167,17 @@ async def _repair(core: Registry, report: FsckReport, grace_seconds: float) -> N
                 await core.blobs.staging_delete(session)
                 await core.meta.delete_upload(upload_id)
                 report.repaired.append(f"removed upload session {upload_id}")
+
+
+async def _forget(core: Registry, digest: Digest, report: FsckReport) -> None:
+    """Drop every record of ``digest``: as a blob, and as a manifest in each repository (with
+    the tags that point at it there)."""
+    await core.meta.forget_blob(digest)
+    while repositories := await core.meta.repositories_with_manifest(digest):
+        removed = 0
+        for repository in repositories:
+            if await core.meta.delete_manifest(repository, digest):
+                removed += 1
+                report.repaired.append(f"removed manifest {repository}@{digest} (its bytes are gone)")
+        if not removed:  # someone else removed them meanwhile: the next look finds none
+            break

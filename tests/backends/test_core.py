@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from dockyard import fsck as fsck_module
 from dockyard.fsck import fsck
 from dockyard.registry import errors
 from dockyard.registry.digests import Digest
@@ -130,6 +131,44 @@ async def test_push_on_one_node_pull_and_mount_on_others(nodes: Nodes) -> None:
     assert got == manifest2
     report = await fsck(await nodes.node())
     assert report.clean and report.blobs_checked == 4, report.as_dict()
+
+
+async def test_fsck_walks_records_and_bytes_side_by_side_and_finds_every_kind_of_damage(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records and stored bytes are merged in digest order a page at a time (pages of 2 here, so
+    every finding sits on or across a page boundary): each difference lands in its own list."""
+    monkeypatch.setattr(fsck_module, "PAGE", 2)
+    node = await nodes.node()
+    layers = [os.urandom(1000 + i) for i in range(9)]
+    for data in layers:
+        await node.upload_whole("app", digest_of(data), len(data), body(data))
+    pushed = [image_manifest(layers[0], layers[1:i]) for i in (2, 4)]
+    for i, manifest in enumerate(pushed):
+        await node.put_manifest("app", Reference(tag=f"v{i}"), manifest, OCI_MANIFEST)
+    stored = sorted(Digest.parse(digest_of(data)) for data in layers + pushed)
+    gone_blob, gone_manifest = Digest.parse(digest_of(layers[5])), Digest.parse(digest_of(pushed[1]))
+    await node.blobs.delete(gone_blob)
+    await node.blobs.delete(gone_manifest)
+    bad = Digest.parse(digest_of(layers[7]))
+    await node.blobs.delete(bad)
+    await node.blobs.put(bad, b"not what was pushed")
+    orphans = [os.urandom(500 + i) for i in range(3)]
+    for data in orphans:
+        await node.blobs.put(Digest.parse(digest_of(data)), data)
+
+    report = await fsck(await nodes.node())
+    assert not report.clean
+    assert report.missing_bytes == sorted([gone_blob, gone_manifest])
+    assert report.corrupt == [bad]
+    assert report.orphan_bytes == sorted(Digest.parse(digest_of(data)) for data in orphans)
+    assert report.blobs_checked == len(stored) - 2 + len(orphans)
+    assert report.dangling_tags == [] and report.unrecorded_links == [] and report.unparseable == []
+
+    await fsck(await nodes.node(), repair=True, grace_seconds=0)
+    after = await fsck(await nodes.node())
+    assert after.clean and after.orphan_bytes == [], after.as_dict()
+    assert after.blobs_checked == len(stored) - 3  # the corrupt and the missing ones are forgotten
 
 
 async def test_fsck_finds_and_repairs_an_orphan_staging_area(nodes: Nodes) -> None:

@@ -165,6 +165,28 @@ class GcQueries:
         async with self._read.connect() as conn:
             return [(Digest.trusted(d), size) for d, size in await conn.execute(q)]
 
+    async def recorded_digests(self, after: Digest | None, limit: int = 1000) -> list[Digest]:
+        """The next ``limit`` digests, in digest order after ``after``, that a blob record or a
+        manifest in any repository records (a page: fsck walks the registry with these)."""
+        b, m = s.blobs, s.manifests
+        blobs = select(b.c.digest).order_by(b.c.digest).limit(limit)
+        manifests = select(m.c.digest).distinct().order_by(m.c.digest).limit(limit)
+        if after is not None:
+            blobs = blobs.where(b.c.digest > str(after))
+            manifests = manifests.where(m.c.digest > str(after))
+        async with self._read.connect() as conn:
+            found = set((await conn.execute(blobs)).scalars())
+            found.update((await conn.execute(manifests)).scalars())
+        # The first ``limit`` of the union are among the first ``limit`` of each.
+        return sorted(Digest.trusted(d) for d in found)[:limit]
+
+    async def repositories_with_manifest(self, digest: Digest, limit: int = 1000) -> list[str]:
+        """Up to ``limit`` repositories that record the manifest ``digest``, by name."""
+        m = s.manifests
+        q = select(m.c.repository).where(m.c.digest == str(digest)).order_by(m.c.repository).limit(limit)
+        async with self._read.connect() as conn:
+            return list((await conn.execute(q)).scalars())
+
     async def gc_recorded(self, digests: Sequence[Digest]) -> set[Digest]:
         """Those of ``digests`` that something records: a blob record, or a manifest anywhere."""
         wanted = {str(d) for d in digests}

@@ -834,17 +834,6 @@ class SqlMetadataStore(BrowsingQueries, GcQueries):
 
     # -- whole-store views ----------------------------------------------------------------------------
 
-    async def iter_blobs(self) -> AsyncIterator[tuple[Digest, int]]:
-        async with self._read.connect() as conn:
-            result = await conn.stream(select(s.blobs.c.digest, s.blobs.c.size).order_by(s.blobs.c.digest))
-            async for row in result:
-                yield Digest.parse(row.digest), row.size
-
-    async def manifest_digests(self) -> set[Digest]:
-        async with self._read.connect() as conn:
-            rows = await conn.execute(select(s.manifests.c.digest).distinct())
-            return {Digest.parse(d) for d in rows.scalars()}
-
     async def dangling_tags(self) -> list[TagRecord]:
         m = s.manifests
         q = select(s.tags).where(

@@ -238,7 +238,7 @@ class BlobStore(Protocol):
     async def staging_delete(self, session: UploadSession) -> None: ...
 
     def iter_digests(self) -> AsyncIterator[Digest]:
-        """Every digest stored (for fsck and GC)."""
+        """Every digest stored (for fsck and GC), in digest order: by algorithm, then hex."""
         ...
 
     async def age(self, digest: Digest) -> float | None:
@@ -389,12 +389,9 @@ class MetadataStore(Protocol):
     async def stale_uploads(self, updated_before: float) -> list[UploadSession]: ...
 
     # whole-store views (fsck, GC)
-    def iter_blobs(self) -> AsyncIterator[tuple[Digest, int]]:
-        """Every blob the registry has recorded, with its size."""
-        ...
-
-    async def manifest_digests(self) -> set[Digest]:
-        """Every manifest digest recorded in any repository."""
+    async def recorded_digests(self, after: Digest | None, limit: int = 1000) -> list[Digest]:
+        """The next ``limit`` digests after ``after``, in digest order, that a blob record or a
+        manifest in any repository records."""
         ...
 
     async def dangling_tags(self) -> list[TagRecord]:
@@ -438,6 +435,10 @@ class MetadataStore(Protocol):
 
     async def gc_unlinked_blobs(self, after: str | None, limit: int = 500) -> list[tuple[Digest, int]]:
         """A page of blob records (by digest, after ``after``) that no repository links."""
+        ...
+
+    async def repositories_with_manifest(self, digest: Digest, limit: int = 1000) -> list[str]:
+        """Up to ``limit`` repositories that record the manifest ``digest``, by name."""
         ...
 
     async def gc_recorded(self, digests: Sequence[Digest]) -> set[Digest]:

@@ -195,13 +195,16 @@ class FilesystemBlobStore:
         return None
 
     async def iter_digests(self) -> AsyncIterator[Digest]:
-        for algorithm in ALGORITHMS:
+        for algorithm in sorted(ALGORITHMS):
             base = self._blobs / algorithm
             if not base.is_dir():
                 continue
             for prefix in sorted(base.iterdir()):
                 for entry in sorted(prefix.iterdir()):
-                    yield Digest(algorithm, entry.name)
+                    if entry.name.startswith(prefix.name):
+                        yield Digest(algorithm, entry.name)
+                    else:  # not where its name says: no digest (fsck reports it)
+                        yield Digest(algorithm, f"{prefix.name}/{entry.name}")
 
     async def age(self, digest: Digest) -> float | None:
         try:
