@@ -9,12 +9,8 @@ database in chunks: the collector's memory is bounded by a chunk, not by a repos
 
 from __future__ import annotations
 
-import asyncio
-import fcntl
-import hashlib
-import os
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -332,33 +328,3 @@ class GcQueries:
                 .returning(b.c.digest, b.c.size)
             )
             return sorted((Digest.trusted(d), size) for d, size in result)
-
-    # -- a batch's blob locks --------------------------------------------------------------------------
-
-    @asynccontextmanager
-    async def lock_blobs(self, digests: Sequence[Digest]) -> AsyncIterator[None]:
-        """Every lock ``lock_blob`` would take for each of ``digests``, held together (taken in
-        one order: only the collector takes more than one, and one collector runs at a time)."""
-        if self._pg_locks is not None:
-            async with self._pg_locks.hold_many("blob", sorted({str(d) for d in digests})):
-                yield
-            return
-        assert self._lock_dir is not None
-        stripes = sorted({hashlib.sha256(str(d).encode()).hexdigest()[:2] for d in digests})
-        fds: list[int] = []
-        try:
-            for stripe in stripes:
-                fd = os.open(self._lock_dir / f"blob-{stripe}", os.O_RDWR | os.O_CREAT, 0o644)
-                fds.append(fd)
-                delay = 0.001
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, 0.05)
-            yield
-        finally:
-            for fd in fds:
-                os.close(fd)  # closing the only descriptor of the open file releases its flock

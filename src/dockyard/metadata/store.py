@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import fcntl
 import functools
-import hashlib
 import json
 import os
 import re
@@ -29,8 +26,10 @@ from dockyard.metadata import schema as s
 from dockyard.metadata.browsing import BrowsingQueries
 from dockyard.metadata.faults import DISK_FULL, GuardedEngine, database_faults
 from dockyard.metadata.gcqueries import GcQueries
+from dockyard.metadata.locks import Locks
 from dockyard.metadata.outbox import EventLog, Outbox
 from dockyard.metadata.pglocks import MIGRATIONS_KEY, XACT_LOCK, AdvisoryLocks
+from dockyard.metadata.sessions import SAVE_UPLOAD, UPLOAD, UploadSessions
 from dockyard.metadata.sqlitewriter import SqliteWriter
 from dockyard.registry import errors
 from dockyard.registry.digests import Digest
@@ -39,7 +38,6 @@ from dockyard.registry.ports import (
     ManifestRecord,
     ManifestRef,
     TagRecord,
-    UploadSession,
 )
 
 if TYPE_CHECKING:
@@ -138,7 +136,6 @@ _TAGGED_MANIFEST = (
     )
     .where(s.tags.c.repository == bindparam("repository"), s.tags.c.name == bindparam("tag"))
 )
-_UPLOAD = select(s.uploads).where(s.uploads.c.id == bindparam("id"))
 _REPOSITORY = select(s.repositories.c.name).where(s.repositories.c.name == bindparam("repository"))
 #: on PostgreSQL: name -> (cache key letter, the statement); the letters are migration 0007's
 _HOT_READS = {"size": ("b", _LINKED_SIZE), "manifest": ("m", _MANIFEST), "tag": ("t", _TAGGED_MANIFEST)}
@@ -169,15 +166,6 @@ def _linked(row: Any) -> tuple[int, float]:
     return int(row[0]), float(row[1])
 
 
-_SAVE_UPLOAD = (
-    update(s.uploads)
-    .where(s.uploads.c.id == bindparam("session_id"))
-    .values(
-        staged_bytes=bindparam("new_offset"),
-        updated_at=bindparam("new_updated_at"),
-        backend_state=bindparam("new_backend_state"),
-    )
-)
 _SQLITE_NAMED = sqlite.dialect(paramstyle="named")
 _PING = text("SELECT 1")
 
@@ -186,25 +174,7 @@ def _sqlite_sql(statement: Any) -> str:
     return str(statement.compile(dialect=_SQLITE_NAMED))
 
 
-@asynccontextmanager
-async def _try_flock(path: Path) -> AsyncIterator[bool]:
-    """An exclusive ``flock`` if free now (False if not); the kernel drops it with its process."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-class _SqliteHotReads:
+class SqliteHotReads:
     """Synchronous reads of the pull hot path on SQLite (WAL readers never wait for writers)."""
 
     def __init__(self, path: Path) -> None:
@@ -217,7 +187,7 @@ class _SqliteHotReads:
                 ("size", _LINKED_SIZE),
                 ("manifest", _MANIFEST),
                 ("tag", _TAGGED_MANIFEST),
-                ("upload", _UPLOAD),
+                ("upload", UPLOAD),
                 ("repository", _REPOSITORY),
             )
         }
@@ -225,7 +195,7 @@ class _SqliteHotReads:
         self._cache: dict[tuple[str, ...], Any] = {}
         self._writer: sqlite3.Connection | None = None
         self._writer_pid = -1
-        self._write_sql = {"save_upload": _sqlite_sql(_SAVE_UPLOAD)}
+        self._write_sql = {"save_upload": _sqlite_sql(SAVE_UPLOAD)}
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():  # never share a connection across fork
@@ -314,22 +284,7 @@ def _switch_to_wal(cursor: Any, patience: float = 60.0) -> None:
             time.sleep(0.05)
 
 
-def _session(row: Row[Any] | sqlite3.Row) -> UploadSession:
-    m: Any = row._mapping if isinstance(row, Row) else row
-    return UploadSession(
-        id=m["id"],
-        repository=m["repository"],
-        offset=m["staged_bytes"],
-        algorithm=m["algorithm"],
-        created_at=m["created_at"],
-        updated_at=m["updated_at"],
-        owner=m["owner"],
-        backend_state=json.loads(m["backend_state"]),
-        takeover_requests=int(m["takeover_requests"] or 0),
-    )
-
-
-class SqlMetadataStore(BrowsingQueries, GcQueries):
+class SqlMetadataStore(BrowsingQueries, GcQueries, UploadSessions, Locks):
     """Metadata in SQL. SQLite runs write transactions as ``BEGIN IMMEDIATE`` (WAL mode), so
     concurrent workers queue for the write lock instead of failing on upgrade."""
 
@@ -353,7 +308,7 @@ class SqlMetadataStore(BrowsingQueries, GcQueries):
         self._read: GuardedEngine
         self._write: GuardedEngine
         self._lock_dir: Path | None = None
-        self._hot: _SqliteHotReads | None = None
+        self._hot: SqliteHotReads | None = None
         self._writer: SqliteWriter | None = None  # SQLite: the request path's write transactions
         self._pg_locks: AdvisoryLocks | None = None  # cross-node locks on PostgreSQL
         self._pg_reads: CachedReads | None = None  # the pull hot path on PostgreSQL
@@ -399,7 +354,7 @@ class SqlMetadataStore(BrowsingQueries, GcQueries):
             self._lock_dir.mkdir(exist_ok=True)
             self._read = GuardedEngine(self._sqlite_engine(immediate=False))
             self._write = GuardedEngine(self._sqlite_engine(immediate=True))
-            self._hot = _SqliteHotReads(path)
+            self._hot = SqliteHotReads(path)
             self._writer = SqliteWriter(path, lock_path=self._lock_dir / "sqlite-writer")
         else:
             # PostgreSQL: one engine; concurrency by transactions and row locks; session locks
@@ -772,66 +727,6 @@ class SqlMetadataStore(BrowsingQueries, GcQueries):
         async with self._read.connect() as conn:
             return [_record(row) for row in await conn.execute(q)]
 
-    # -- upload sessions --------------------------------------------------------------------------
-
-    async def create_upload(self, session: UploadSession) -> None:
-        await self._transact(functools.partial(writes.create_upload, session=session))
-
-    async def get_upload(self, upload_id: str) -> UploadSession | None:
-        if self._hot is not None:
-            hot = self._hot.one("upload", {"id": upload_id})
-            return _session(hot) if hot is not None else None
-        async with self._read.connect() as conn:
-            row = (await conn.execute(select(s.uploads).where(s.uploads.c.id == upload_id))).first()
-        return _session(row) if row else None
-
-    async def save_upload(self, session: UploadSession) -> None:
-        params = {
-            "session_id": session.id,
-            "new_offset": session.offset,
-            "new_updated_at": session.updated_at,
-            "new_backend_state": json.dumps(session.backend_state),
-        }
-        # Every PATCH ends here: on SQLite, try the one-statement write in place (it fails at
-        # once rather than wait when another writer holds the lock; then the async path waits).
-        if self._hot is not None and self._hot.try_write("save_upload", params):
-            return
-        async with self._begin() as conn:
-            await conn.execute(_SAVE_UPLOAD, params)
-
-    async def touch_upload(self, upload_id: str, at: float) -> None:
-        async with self._begin() as conn:
-            await conn.execute(update(s.uploads).where(s.uploads.c.id == upload_id).values(updated_at=at))
-
-    async def request_takeover(self, upload_id: str) -> None:
-        # A count, not a time: nodes' clocks need not agree for a holder to see a newer request.
-        async with self._begin() as conn:
-            await conn.execute(
-                update(s.uploads)
-                .where(s.uploads.c.id == upload_id)
-                .values(takeover_requests=s.uploads.c.takeover_requests + 1)
-            )
-
-    async def takeover_requests(self, upload_id: str) -> int:
-        q = select(s.uploads.c.takeover_requests).where(s.uploads.c.id == upload_id)
-        async with self._read.connect() as conn:
-            return int((await conn.execute(q)).scalar() or 0)
-
-    async def delete_upload(self, upload_id: str) -> None:
-        await self._transact(functools.partial(writes.end_upload, upload_id=upload_id))
-        if self._lock_dir is not None:  # its lock file goes with it (a holder keeps its inode)
-            (self._lock_dir / upload_id).unlink(missing_ok=True)
-
-    async def count_uploads(self, repository: str) -> int:
-        q = select(func.count()).select_from(s.uploads).where(s.uploads.c.repository == repository)
-        async with self._read.connect() as conn:
-            return int((await conn.execute(q)).scalar() or 0)
-
-    async def stale_uploads(self, updated_before: float) -> list[UploadSession]:
-        q = select(s.uploads).where(s.uploads.c.updated_at < updated_before).limit(1000)
-        async with self._read.connect() as conn:
-            return [_session(row) for row in await conn.execute(q)]
-
     # -- whole-store views ----------------------------------------------------------------------------
 
     async def dangling_tags(self) -> list[TagRecord]:
@@ -852,10 +747,6 @@ class SqlMetadataStore(BrowsingQueries, GcQueries):
         async with self._read.connect() as conn:
             return [(r.repository, Digest.parse(r.digest)) for r in await conn.execute(q)]
 
-    async def upload_ids(self) -> set[str]:
-        async with self._read.connect() as conn:
-            return set((await conn.execute(select(s.uploads.c.id))).scalars())
-
     @_changes_cached_facts
     async def forget_blob(self, digest: Digest) -> None:
         async with self._begin() as conn:
@@ -863,45 +754,6 @@ class SqlMetadataStore(BrowsingQueries, GcQueries):
             # the second statement then sees (PostgreSQL, READ COMMITTED).
             await conn.execute(delete(s.blobs).where(s.blobs.c.digest == str(digest)))
             await conn.execute(delete(s.repository_blobs).where(s.repository_blobs.c.digest == str(digest)))
-
-    # -- blob locks and named locks -------------------------------------------------------------------
-
-    @asynccontextmanager
-    async def lock_blob(self, digest: Digest) -> AsyncIterator[None]:
-        """On SQLite: one of 256 striped ``flock`` files, polled so the event loop never blocks.
-        On PostgreSQL: an advisory lock (waited for) on a connection of its own."""
-        if self._pg_locks is not None:
-            async with self._pg_locks.hold("blob", str(digest), wait=True):
-                yield
-            return
-        assert self._lock_dir is not None
-        stripe = hashlib.sha256(str(digest).encode()).hexdigest()[:2]
-        fd = os.open(self._lock_dir / f"blob-{stripe}", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            delay = 0.001
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 0.05)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-
-    @asynccontextmanager
-    async def try_lock(self, name: str) -> AsyncIterator[bool]:
-        if self._pg_locks is not None:
-            async with self._pg_locks.hold("named", name, wait=False) as held:
-                yield held
-            return
-        assert self._lock_dir is not None
-        async with _try_flock(self._lock_dir / f"named-{name}") as held:
-            yield held
 
     # -- garbage collection: metadata/gcqueries.py; retention -----------------------------------------
 
@@ -924,11 +776,6 @@ class SqlMetadataStore(BrowsingQueries, GcQueries):
         )
         async with self._read.connect() as conn:
             return [(name, Digest.parse(d), at) for name, d, at in await conn.execute(q)]
-
-    async def upload_ids_of(self, repository: str) -> list[str]:
-        async with self._read.connect() as conn:
-            q = select(s.uploads.c.id).where(s.uploads.c.repository == repository)
-            return list((await conn.execute(q)).scalars())
 
     @_changes_cached_facts
     async def delete_repository(self, repository: str) -> bool:
@@ -1011,15 +858,3 @@ class SqlMetadataStore(BrowsingQueries, GcQueries):
     def event_log(self) -> EventLog:
         """The events' delivery queue (metadata/outbox.py), over this store's connections."""
         return EventLog(self._read.connect, self._begin, self._insert)
-
-    @asynccontextmanager
-    async def lock_upload(self, upload_id: str) -> AsyncIterator[bool]:
-        """One writer per session. On SQLite: an ``flock`` that the kernel drops with its process;
-        on PostgreSQL: an advisory lock that the server drops with the holder's connection."""
-        if self._pg_locks is not None:
-            async with self._pg_locks.hold("upload", upload_id, wait=False) as held:
-                yield held
-            return
-        assert self._lock_dir is not None
-        async with _try_flock(self._lock_dir / upload_id) as held:
-            yield held
