@@ -6,7 +6,7 @@ import os
 import re
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -16,6 +16,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from dockyard.events import EVENT_TYPES
+from dockyard.frozen import FrozenSettings, Secret
 from dockyard.loop import EventLoopChoice
 
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("dockyard_config_file", default=None)
@@ -181,16 +183,6 @@ class ProxySettings(BaseModel):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("proxy.remote_url must be an http:// or https:// URL")
         return value.rstrip("/") if value else None
-
-
-EVENT_TYPES = (
-    "manifest.pushed",
-    "manifest.deleted",
-    "tag.deleted",
-    "repository.deleted",
-    "blob.mounted",
-    "manifest.pulled",
-)
 
 
 class EventSink(BaseModel):
@@ -527,3 +519,29 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     finally:
         _CONFIG_FILE.reset(token)
+
+
+def freeze(settings: Settings) -> Settings:
+    """``settings`` as plain values (frozen.py), for a worker, which then never imports pydantic:
+    every field and every property (its value), read-only; no ``model_*`` methods. Typed as the
+    settings it stands for: it answers the same attributes."""
+    return cast(Settings, _frozen(settings))
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        model = type(value)
+        values = {name: _frozen(getattr(value, name)) for name in model.model_fields}
+        for cls in model.__mro__:
+            if cls.__module__ == __name__:  # ours, not pydantic's (model_extra, ...)
+                for name, attribute in vars(cls).items():
+                    if isinstance(attribute, property):
+                        values[name] = _frozen(getattr(value, name))
+        return FrozenSettings(values)
+    if isinstance(value, SecretStr):
+        return Secret(value.get_secret_value())
+    if isinstance(value, list | tuple | set | frozenset):
+        return type(value)(_frozen(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _frozen(item) for key, item in value.items()}
+    return value

@@ -24,14 +24,16 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dockyard.auth.access import matches
-from dockyard.config import GcSettings, RetentionRule
 from dockyard.failpoints import database_fault_point, storage_fault_point
 from dockyard.registry.digests import Digest
 from dockyard.registry.ports import RepositoryView
 from dockyard.registry.service import Registry
+
+if TYPE_CHECKING:
+    from dockyard.config import GcSettings, RetentionRule
 
 log = logging.getLogger("dockyard.gc")
 

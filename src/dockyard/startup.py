@@ -16,11 +16,14 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
-from dockyard.config import Settings
 from dockyard.registry.ports import DependencyDown
 from dockyard.registry.service import Registry
 from dockyard.wiring import build_registry
+
+if TYPE_CHECKING:
+    from dockyard.config import Settings
 
 log = logging.getLogger("dockyard")
 

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 from dockyard.auth.access import matches
 from dockyard.clock import wall_clock
-from dockyard.config import Settings
 from dockyard.metadata.outbox import Destination, Outbox
 from dockyard.metadata.store import SqlMetadataStore
 from dockyard.registry.ports import BlobStore, Upstream
@@ -16,6 +15,7 @@ from dockyard.registry.service import Policy, Registry
 from dockyard.storage.filesystem import FilesystemBlobStore
 
 if TYPE_CHECKING:
+    from dockyard.config import Settings
     from dockyard.events.delivery import Deliverer
 
 

@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 
@@ -16,6 +17,7 @@ from tests.support.api_helpers import (
     assert_error,
     digest_of,
     open_session,
+    push_blob,
     session_offset,
 )
 from tests.support.clock import MovableClock
@@ -199,3 +201,21 @@ def test_concurrent_pushes_over_two_workers_all_succeed(registry_server: Dockyar
     with api_client(registry_server.url) as client:
         for data, digest in zip(blobs, digests, strict=True):
             assert client.get(f"/v2/{repo}/blobs/{digest}").content == data
+
+
+def test_workers_serve_without_loading_pydantic(start_server: StartServer) -> None:
+    # The settings reach the workers as plain values (frozen.py): pydantic, ~10 MiB a worker,
+    # stays in the process that parsed them.
+    server = start_server(workers=2)
+    repo = f"workers/plain-{uuid.uuid4().hex[:8]}"
+    with api_client(server.url) as client:
+        for _ in range(4):
+            data = os.urandom(10_000)
+            digest = push_blob(client, repo, data)
+            assert client.get(f"/v2/{repo}/blobs/{digest}").content == data
+    assert server.process is not None
+    parent = server.process.pid
+    workers = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    assert len(workers) == 2
+    for pid in workers:
+        assert "pydantic" not in Path(f"/proc/{pid}/maps").read_text(), pid

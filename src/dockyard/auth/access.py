@@ -5,8 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from dockyard.config import AccessRule, AuthSettings
+if TYPE_CHECKING:
+    from dockyard.config import AccessRule, AuthSettings
+
 
 ACTIONS = ("pull", "push", "delete")
 ALL = frozenset(ACTIONS)

@@ -17,9 +17,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dockyard.config import AuthSettings
+if TYPE_CHECKING:
+    from dockyard.config import AuthSettings
 
 # jwt and cryptography (~10 MiB a process) are imported where a token is made or checked, so a
 # worker of a registry without token auth never loads them.

@@ -16,13 +16,15 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from dockyard.client.registry import FAULTS
-from dockyard.config import EventsSettings
 from dockyard.events.sinks import DeliveryFailed
 from dockyard.metadata.outbox import Delivery, EventLog
 from dockyard.registry.ports import MetadataStore
+
+if TYPE_CHECKING:
+    from dockyard.config import EventsSettings
 
 log = logging.getLogger("dockyard.events")
 

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dockyard.auth.access import matches
 from dockyard.client.copy import copy_image
 from dockyard.client.progress import Progress
 from dockyard.client.reference import ImageReference
 from dockyard.client.registry import ClientOptions, Registry, RegistryError
-from dockyard.config import ReplicationRule, ReplicationSettings, SyncRule
 from dockyard.metadata.outbox import TYPE_PREFIX, Delivery
+
+if TYPE_CHECKING:
+    from dockyard.config import ReplicationRule, ReplicationSettings, SyncRule
 
 PREFIX = "replication."
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import ssl
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from dockyard import __version__
-from dockyard.config import EVENT_TYPES, EventSink
+from dockyard.events import EVENT_TYPES
 from dockyard.events.signing import SIGNATURE_HEADER, sign
 from dockyard.metadata.outbox import Delivery
+
+if TYPE_CHECKING:
+    from dockyard.config import EventSink
 
 CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
 DEFAULT_TYPES = frozenset(t for t in EVENT_TYPES if t != "manifest.pulled")

@@ -14,15 +14,18 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from dockyard.client.copy import copy_image
 from dockyard.client.progress import Progress
 from dockyard.client.reference import ImageReference
 from dockyard.client.registry import ClientOptions, Registry
-from dockyard.config import ReplicationSettings, SyncRule
 from dockyard.events.replication import remote_options
 from dockyard.metadata.outbox import EventLog
 from dockyard.registry.ports import MetadataStore
+
+if TYPE_CHECKING:
+    from dockyard.config import ReplicationSettings, SyncRule
 
 log = logging.getLogger("dockyard.sync")
 PREFIX = "sync."

@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from dockyard.clock import wall_clock
-from dockyard.config import Settings
 from dockyard.gc import collect
 from dockyard.http import auth, blobs, browse, direct, discovery, health, manifests, replication_page, uploads
 from dockyard.http.common import BODY_TIMEOUT, EVENT_FIGURES, REGISTRY, continue_middleware, defer_continue
@@ -21,6 +21,9 @@ from dockyard.metadata.store import SqlMetadataStore
 from dockyard.registry.pullthrough import PullThroughRegistry
 from dockyard.registry.service import Registry
 from dockyard.wiring import build_background, build_registry
+
+if TYPE_CHECKING:
+    from dockyard.config import Settings
 
 log = logging.getLogger("dockyard")
 

@@ -20,17 +20,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
 from dockyard.auth.access import AccessPolicy, Identity
 from dockyard.auth.htpasswd import Htpasswd
 from dockyard.auth.tokens import Claims, Grant, InvalidToken, TokenAuthority, parse_scope
-from dockyard.config import Settings
 from dockyard.http.common import REGISTRY, json_response
 from dockyard.http.errors import Handler
 from dockyard.registry import errors
+
+if TYPE_CHECKING:
+    from dockyard.config import Settings
 
 log = logging.getLogger("dockyard.auth")
 

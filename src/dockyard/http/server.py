@@ -10,17 +10,20 @@ import pickle
 import signal
 import socket
 import ssl
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from dockyard.config import Settings
 from dockyard.http import health, metrics, supervisor
 from dockyard.http.app import create_app
 from dockyard.http.drain import DRAIN
 from dockyard.loop import LoopUnavailable, loop_factory, loop_name
 from dockyard.loop import run as run_loop
 from dockyard.startup import StartupError, wait_for_dependencies
+
+if TYPE_CHECKING:
+    from dockyard.config import Settings
 
 log = logging.getLogger("dockyard")
 
@@ -233,8 +236,10 @@ def serve(settings: Settings) -> None:
         return
     # The supervisor is a small process of its own (http/supervisor.py): this one, holding
     # everything the checks above imported, is replaced by it.
+    from dockyard.config import freeze  # here: a worker imports this module, and no pydantic
+
     supervisor.handover(
-        pickle.dumps(settings),
+        pickle.dumps(freeze(settings)),  # the workers need no pydantic (frozen.py)
         sock,
         health_sock,
         {

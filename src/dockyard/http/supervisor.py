@@ -5,7 +5,8 @@ stops them all on SIGTERM/SIGINT.
 then execs ``python -m dockyard.http.supervisor`` (same pid), handing over the listening sockets
 as inherited descriptors and the settings pickled into a memfd. The supervisor imports neither
 aiohttp nor SQLAlchemy nor pydantic: only each worker it forks loads the settings and the server.
-So the supervisor holds ~10 MiB, not a copy of everything the workers import.
+So the supervisor holds ~10 MiB, not a copy of everything the workers import. The settings travel
+as plain values (config.freeze, frozen.py): the workers do not import pydantic either.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Row, and_, bindparam, delete, event, func, inspect, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -461,7 +461,11 @@ class SqlMetadataStore(BrowsingQueries, GcQueries, UploadSessions, Locks):
             self._pg_reads.changed(repository)
 
     def _insert(self, table: Any) -> Any:
-        return (sqlite.insert if self._is_sqlite else postgresql.insert)(table)
+        if self._is_sqlite:
+            return sqlite.insert(table)
+        from sqlalchemy.dialects import postgresql  # not imported by a SQLite server
+
+        return postgresql.insert(table)
 
     # -- repositories and blobs ---------------------------------------------------------------------
 
