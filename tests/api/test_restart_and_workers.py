@@ -13,11 +13,13 @@ from pathlib import Path
 import httpx
 
 from tests.support.api_helpers import (
+    OCI_MANIFEST,
     api_client,
     assert_error,
     digest_of,
     open_session,
     push_blob,
+    push_image,
     session_offset,
 )
 from tests.support.clock import MovableClock
@@ -219,3 +221,32 @@ def test_workers_serve_without_loading_pydantic(start_server: StartServer) -> No
     assert len(workers) == 2
     for pid in workers:
         assert "pydantic" not in Path(f"/proc/{pid}/maps").read_text(), pid
+
+
+def test_a_tag_pulled_on_both_workers_then_moved_answers_the_new_manifest_on_both(
+    start_server: StartServer,
+) -> None:
+    """Each worker remembers a tag's manifest and its response headers between pulls: a push
+    answered by one worker must still be what the next pull sees, on either worker."""
+    server = start_server(workers=2)
+    repo = "workers/moved"
+    with api_client(server.url) as client:
+        old = push_image(client, repo, "latest", seed="old")
+    for image in (old, None):
+        if image is None:  # the tag moves, after both workers have answered pulls of it
+            with api_client(server.url) as client:
+                image = push_image(client, repo, "latest", seed="new")
+            assert image.digest != old.digest
+        for _ in range(8):  # a new connection each time: either worker may answer
+            with api_client(server.url) as client:
+                for method in ("GET", "HEAD"):
+                    r = client.request(
+                        method, f"/v2/{repo}/manifests/latest", headers={"Accept": OCI_MANIFEST}
+                    )
+                    assert r.status_code == 200, r.text
+                    assert r.headers["docker-content-digest"] == image.digest
+                    assert r.headers["etag"] == f'"{image.digest}"'
+                    assert r.headers["content-length"] == str(len(image.manifest))
+                    assert r.headers["content-type"] == OCI_MANIFEST
+                    if method == "GET":
+                        assert r.content == image.manifest

@@ -36,11 +36,13 @@ ROUTES: list[tuple[str, str, Handler, str | None]] = [
     ("GET", "/v2/", discovery.api_version, None),
     ("HEAD", "/v2/", discovery.api_version, None),
     ("GET", "/v2/_catalog", discovery.list_repositories, "catalog"),
-    ("GET", f"/v2/{NAME}/tags/list", discovery.list_tags, "pull"),
+    # Pulls' manifests first: aiohttp tries the /v2/{name}/... patterns in this order, and a
+    # path can match only one of manifests and tags/list (a reference holds no slash).
     ("GET", f"/v2/{NAME}/manifests/{{reference}}", manifests.get_manifest, "pull"),
     ("HEAD", f"/v2/{NAME}/manifests/{{reference}}", manifests.get_manifest, "pull"),
     ("PUT", f"/v2/{NAME}/manifests/{{reference}}", manifests.put_manifest, "push"),
     ("DELETE", f"/v2/{NAME}/manifests/{{reference}}", manifests.delete_manifest, "delete"),
+    ("GET", f"/v2/{NAME}/tags/list", discovery.list_tags, "pull"),
     ("POST", f"/v2/{NAME}/blobs/uploads/", uploads.start_upload, "push"),
     ("POST", f"/v2/{NAME}/blobs/uploads", uploads.start_upload, "push"),
     ("POST", f"/v2/{NAME}/blobs/uploads/{{upload_id}}/parts", direct.request_parts, "push"),  # extension
@@ -123,9 +125,11 @@ def create_app(settings: Settings) -> web.Application:
     route_names: dict[web.AbstractRoute, str] = {}  # filled below, once every route is added
     request_metrics = RequestMetrics(route_names)
     # The metrics middleware is outermost: it sees the status the client gets.
-    middlewares = [request_metrics.middleware, continue_middleware, error_middleware, auth.auth_middleware]
+    middlewares = [request_metrics.middleware, continue_middleware, error_middleware]
     if settings.ui:
-        middlewares.insert(3, browse.html_errors)  # the pages' errors as pages, auth's included
+        middlewares.append(browse.html_errors)  # the pages' errors as pages, auth's included
+    if settings.auth.mode != "none":  # (without access control it would only pass requests on)
+        middlewares.append(auth.auth_middleware)
     app = web.Application(middlewares=middlewares, client_max_size=settings.manifest_max_bytes)
     app[REQUEST_METRICS] = request_metrics
     route_access: dict[web.AbstractRoute, str | None] = {}
@@ -141,6 +145,7 @@ def create_app(settings: Settings) -> web.Application:
     app[auth.BROWSER_ROUTES] = frozenset(browser_routes)
     core = build_registry(settings)
     app[REGISTRY] = core
+    app[manifests.MANIFEST_HEADERS] = manifests.ManifestHeaders()
     app[BODY_TIMEOUT] = settings.body_timeout_seconds
     app[DRAIN] = Drain()
     health.install(app)

@@ -3,10 +3,43 @@
 from __future__ import annotations
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from dockyard.http.common import body_stream, registry, repository
 from dockyard.registry import errors
 from dockyard.registry.names import Reference
+from dockyard.registry.ports import ManifestRecord
+
+
+class ManifestHeaders:
+    """A manifest's response headers, built once per record. The metadata store hands out the
+    same record object until its data changes, so the record's identity keys its headers (the
+    entry holds the record: its id cannot be reused while the entry lives)."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._limit = limit
+        self._by_record: dict[int, tuple[ManifestRecord, CIMultiDict[str]]] = {}
+
+    def of(self, record: ManifestRecord) -> CIMultiDict[str]:
+        entry = self._by_record.get(id(record))
+        if entry is not None and entry[0] is record:
+            return entry[1]
+        digest = str(record.digest)
+        headers = CIMultiDict(
+            {
+                "Content-Type": record.media_type,
+                "Docker-Content-Digest": digest,
+                "Content-Length": str(record.size),
+                "ETag": f'"{digest}"',
+            }
+        )
+        if len(self._by_record) >= self._limit:
+            self._by_record.clear()
+        self._by_record[id(record)] = (record, headers)
+        return headers
+
+
+MANIFEST_HEADERS = web.AppKey("manifest_headers", ManifestHeaders)
 
 
 def _reference(request: web.Request) -> Reference:
@@ -23,13 +56,8 @@ async def get_manifest(request: web.Request) -> web.Response:
         body = None
     else:
         record, body = await core.get_manifest(name, reference)
-    headers = {
-        "Content-Type": record.media_type,
-        "Docker-Content-Digest": str(record.digest),
-        "Content-Length": str(record.size),
-        "ETag": f'"{record.digest}"',
-    }
-    return web.Response(status=200, body=body, headers=headers)
+    # The response gets a copy (it adds its own headers); the cached one stays as built.
+    return web.Response(status=200, body=body, headers=request.app[MANIFEST_HEADERS].of(record))
 
 
 async def _read_manifest_body(request: web.Request, limit: int) -> bytes:

@@ -73,6 +73,16 @@ def is_database_fault(exc: BaseException) -> bool:
     return False
 
 
+def database_fault(exc: Exception) -> Exception:
+    """What to raise for ``exc``: ``DependencyUnavailable`` for a database that cannot serve,
+    ``exc`` itself for anything else (for the hot paths, where a ``with`` block costs too much)."""
+    if isinstance(exc, RegistryError) or not is_database_fault(exc):
+        return exc
+    unavailable = DependencyUnavailable("database", repr(exc))
+    unavailable.__cause__ = exc
+    return unavailable
+
+
 @contextmanager
 def database_faults() -> Iterator[None]:
     """Raise a database that cannot serve as ``DependencyUnavailable``; anything else as is."""

@@ -24,7 +24,7 @@ from dockyard.clock import wall_clock
 from dockyard.metadata import probe, writes
 from dockyard.metadata import schema as s
 from dockyard.metadata.browsing import BrowsingQueries
-from dockyard.metadata.faults import DISK_FULL, GuardedEngine, database_faults
+from dockyard.metadata.faults import DISK_FULL, GuardedEngine, database_fault, database_faults
 from dockyard.metadata.gcqueries import GcQueries
 from dockyard.metadata.locks import Locks
 from dockyard.metadata.outbox import EventLog, Outbox
@@ -174,6 +174,9 @@ def _sqlite_sql(statement: Any) -> str:
     return str(statement.compile(dialect=_SQLITE_NAMED))
 
 
+_MISSING = object()
+
+
 class SqliteHotReads:
     """Synchronous reads of the pull hot path on SQLite (WAL readers never wait for writers)."""
 
@@ -240,22 +243,25 @@ class SqliteHotReads:
 
     def cached(self, name: str, params: dict[str, str], convert: Callable[[sqlite3.Row], Any]) -> Any:
         """``convert(one(...))``, remembered until any connection commits a change: SQLite's
-        ``data_version`` moves on every commit by another connection, in any process."""
-        with database_faults():
-            return self._cached(name, params, convert)
-
-    def _cached(self, name: str, params: dict[str, str], convert: Callable[[sqlite3.Row], Any]) -> Any:
-        conn = self._connection()
-        version = conn.execute("PRAGMA data_version").fetchone()[0]
-        if version != self._version:
-            self._cache.clear()
-            self._version = version
-        key = (name, *params.values())
+        ``data_version`` moves on every commit by another connection, in any process. A value
+        stays the same object while it is remembered (callers may key their own caches on it)."""
+        # Faults translated without a ``with database_faults()``: this runs on every pull.
         try:
-            return self._cache[key]
-        except KeyError:
-            pass
-        row = conn.execute(self._sql[name], params).fetchone()
+            conn = self._connection()
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._version:
+                self._cache.clear()
+                self._version = version
+            key = (name, *params.values())
+            found = self._cache.get(key, _MISSING)
+            if found is not _MISSING:
+                return found
+            row = conn.execute(self._sql[name], params).fetchone()
+        except Exception as exc:
+            fault = database_fault(exc)
+            if fault is exc:
+                raise
+            raise fault from exc
         value = convert(row) if row is not None else None
         if len(self._cache) < 50_000:
             self._cache[key] = value

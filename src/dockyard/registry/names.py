@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ _TAG = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
 MAX_NAME_LENGTH = 255
 
 
+@functools.lru_cache(maxsize=4096)  # every request parses its name: the same few, over and over
 def parse_name(text: str) -> str:
     """A repository name that matches the spec's expression; it never holds `..` or `/` at an end."""
     if len(text) > MAX_NAME_LENGTH or not _NAME.fullmatch(text):
@@ -50,9 +52,15 @@ class Reference:
         """A reference to read or delete by. A name that cannot be a tag can never have been
         pushed, so it names an unknown manifest (404), not a bad request: only a push is told
         its tag is invalid. A malformed digest stays ``DIGEST_INVALID``."""
-        if not Digest.is_digest(text) and not is_tag(text):
-            raise errors.RegistryError(errors.MANIFEST_UNKNOWN, detail={"reference": text[:140]})
-        return cls.parse(text)
+        return _lookup(text)
 
     def __str__(self) -> str:
         return str(self.digest) if self.digest else str(self.tag)
+
+
+@functools.lru_cache(maxsize=4096)  # a pull reads the same few references over and over
+def _lookup(text: str) -> Reference:
+    """``Reference.lookup``, remembered (a ``Reference`` is immutable; errors are not kept)."""
+    if not Digest.is_digest(text) and not is_tag(text):
+        raise errors.RegistryError(errors.MANIFEST_UNKNOWN, detail={"reference": text[:140]})
+    return Reference.parse(text)
