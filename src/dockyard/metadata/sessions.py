@@ -20,7 +20,7 @@ from dockyard.metadata.faults import GuardedEngine
 from dockyard.registry.ports import UploadSession
 
 if TYPE_CHECKING:
-    from dockyard.metadata.store import SqliteHotReads
+    from dockyard.metadata.hotreads import SqliteHotReads
 
 #: a session by id (also run on the SQLite hot-read connection)
 UPLOAD = select(s.uploads).where(s.uploads.c.id == bindparam("id"))

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import os
 import re
 import sqlite3
 import time
@@ -14,7 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, Row, and_, bindparam, delete, event, func, inspect, select, text, update
+from sqlalchemy import Connection, Row, delete, event, func, inspect, select, text, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -24,12 +22,19 @@ from dockyard.clock import wall_clock
 from dockyard.metadata import probe, writes
 from dockyard.metadata import schema as s
 from dockyard.metadata.browsing import BrowsingQueries
-from dockyard.metadata.faults import DISK_FULL, GuardedEngine, database_fault, database_faults
+from dockyard.metadata.faults import DISK_FULL, GuardedEngine
 from dockyard.metadata.gcqueries import GcQueries
+from dockyard.metadata.hotreads import (
+    HOT_READS,
+    LINKED_SIZE,
+    MANIFEST,
+    TAGGED_MANIFEST,
+    SqliteHotReads,
+)
 from dockyard.metadata.locks import Locks
 from dockyard.metadata.outbox import EventLog, Outbox
 from dockyard.metadata.pglocks import MIGRATIONS_KEY, XACT_LOCK, AdvisoryLocks
-from dockyard.metadata.sessions import SAVE_UPLOAD, UPLOAD, UploadSessions
+from dockyard.metadata.sessions import UploadSessions
 from dockyard.metadata.sqlitewriter import SqliteWriter
 from dockyard.registry import errors
 from dockyard.registry.digests import Digest
@@ -116,31 +121,6 @@ def _record(row: Row[Any] | sqlite3.Row) -> ManifestRecord:
     )
 
 
-# The pull hot path's queries, defined once. On SQLite they also run on a plain sqlite3
-# connection in the event loop thread: a primary-key read there takes microseconds, where the
-# async driver's thread hop costs far more than the query.
-_LINKED_SIZE = (
-    select(s.blobs.c.size, s.repository_blobs.c.created_at)
-    .join(s.repository_blobs, s.repository_blobs.c.digest == s.blobs.c.digest)
-    .where(
-        s.repository_blobs.c.repository == bindparam("repository"), s.blobs.c.digest == bindparam("digest")
-    )
-)
-_MANIFEST = select(s.manifests).where(
-    s.manifests.c.repository == bindparam("repository"), s.manifests.c.digest == bindparam("digest")
-)
-_TAGGED_MANIFEST = (
-    select(s.manifests)
-    .join(
-        s.tags, and_(s.tags.c.repository == s.manifests.c.repository, s.tags.c.digest == s.manifests.c.digest)
-    )
-    .where(s.tags.c.repository == bindparam("repository"), s.tags.c.name == bindparam("tag"))
-)
-_REPOSITORY = select(s.repositories.c.name).where(s.repositories.c.name == bindparam("repository"))
-#: on PostgreSQL: name -> (cache key letter, the statement); the letters are migration 0007's
-_HOT_READS = {"size": ("b", _LINKED_SIZE), "manifest": ("m", _MANIFEST), "tag": ("t", _TAGGED_MANIFEST)}
-
-
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -166,113 +146,7 @@ def _linked(row: Any) -> tuple[int, float]:
     return int(row[0]), float(row[1])
 
 
-_SQLITE_NAMED = sqlite.dialect(paramstyle="named")
 _PING = text("SELECT 1")
-
-
-def _sqlite_sql(statement: Any) -> str:
-    return str(statement.compile(dialect=_SQLITE_NAMED))
-
-
-_MISSING = object()
-
-
-class SqliteHotReads:
-    """Synchronous reads of the pull hot path on SQLite (WAL readers never wait for writers)."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._pid = -1
-        self._conn: sqlite3.Connection | None = None
-        self._sql = {
-            name: _sqlite_sql(q)
-            for name, q in (
-                ("size", _LINKED_SIZE),
-                ("manifest", _MANIFEST),
-                ("tag", _TAGGED_MANIFEST),
-                ("upload", UPLOAD),
-                ("repository", _REPOSITORY),
-            )
-        }
-        self._version = -1
-        self._cache: dict[tuple[str, ...], Any] = {}
-        self._writer: sqlite3.Connection | None = None
-        self._writer_pid = -1
-        self._write_sql = {"save_upload": _sqlite_sql(SAVE_UPLOAD)}
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None or self._pid != os.getpid():  # never share a connection across fork
-            self._conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            self._conn.row_factory = sqlite3.Row
-            self._conn.execute("PRAGMA busy_timeout=5000")
-            self._conn.execute("PRAGMA query_only=1")
-            self._pid = os.getpid()
-        return self._conn
-
-    def one(self, name: str, params: dict[str, str]) -> sqlite3.Row | None:
-        with database_faults():
-            row: sqlite3.Row | None = self._connection().execute(self._sql[name], params).fetchone()
-        return row
-
-    def try_write(self, name: str, params: dict[str, Any]) -> bool:
-        """One write statement in its own transaction, only if the write lock is free now."""
-        if self._writer is None or self._writer_pid != os.getpid():
-            self._writer = sqlite3.connect(
-                self._path, isolation_level=None, check_same_thread=False, timeout=0
-            )
-            # An upload's offset is as durable as its staged bytes, which are fsynced only at
-            # the commit: no fsync here (a WAL commit's fsync drags the chunk just written to
-            # disk with it, on ext4). A process crash loses nothing either way; after a power
-            # loss the session reconciles its offset with the staged file.
-            self._writer.execute("PRAGMA synchronous=NORMAL")
-            self._writer_pid = os.getpid()
-        try:
-            self._writer.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError:  # busy: let the caller wait off the event loop
-            return False
-        try:
-            self._writer.execute(self._write_sql[name], params)
-            self._writer.execute("COMMIT")
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                self._writer.execute("ROLLBACK")
-            if "full" in str(exc).lower():
-                raise errors.RegistryError(errors.INSUFFICIENT_STORAGE) from exc
-            return False  # anything else: the async path tries again and reports
-        return True
-
-    def cached(self, name: str, params: dict[str, str], convert: Callable[[sqlite3.Row], Any]) -> Any:
-        """``convert(one(...))``, remembered until any connection commits a change: SQLite's
-        ``data_version`` moves on every commit by another connection, in any process. A value
-        stays the same object while it is remembered (callers may key their own caches on it)."""
-        # Faults translated without a ``with database_faults()``: this runs on every pull.
-        try:
-            conn = self._connection()
-            version = conn.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._version:
-                self._cache.clear()
-                self._version = version
-            key = (name, *params.values())
-            found = self._cache.get(key, _MISSING)
-            if found is not _MISSING:
-                return found
-            row = conn.execute(self._sql[name], params).fetchone()
-        except Exception as exc:
-            fault = database_fault(exc)
-            if fault is exc:
-                raise
-            raise fault from exc
-        value = convert(row) if row is not None else None
-        if len(self._cache) < 50_000:
-            self._cache[key] = value
-        return value
-
-    def close(self) -> None:
-        if self._conn is not None and self._pid == os.getpid():
-            self._conn.close()
-        if self._writer is not None and self._writer_pid == os.getpid():
-            self._writer.close()
-        self._conn = self._writer = None
 
 
 def _switch_to_wal(cursor: Any, patience: float = 60.0) -> None:
@@ -379,7 +253,7 @@ class SqlMetadataStore(BrowsingQueries, GcQueries, UploadSessions, Locks):
             self._pg_locks = AdvisoryLocks(self.url, connect_timeout=self._connect_timeout)
             from dockyard.metadata.pgcache import CachedReads
 
-            self._pg_reads = CachedReads(self.url, self._cache_ttl, _HOT_READS)
+            self._pg_reads = CachedReads(self.url, self._cache_ttl, HOT_READS)
             self._pg_reads.start()
 
     async def upgrade(self) -> None:
@@ -500,7 +374,7 @@ class SqlMetadataStore(BrowsingQueries, GcQueries, UploadSessions, Locks):
             found = await self._pg_reads.cached("size", params, _linked)
             return found
         async with self._read.connect() as conn:
-            row = (await conn.execute(_LINKED_SIZE, params)).first()
+            row = (await conn.execute(LINKED_SIZE, params)).first()
         return None if row is None else _linked(row)
 
     async def linked_blob_size(self, repository: str, digest: Digest) -> int | None:
@@ -627,7 +501,7 @@ class SqlMetadataStore(BrowsingQueries, GcQueries, UploadSessions, Locks):
 
     async def get_manifest(self, repository: str, digest: Digest) -> ManifestRecord | None:
         return await self._one_manifest(
-            "manifest", _MANIFEST, {"repository": repository, "digest": str(digest)}
+            "manifest", MANIFEST, {"repository": repository, "digest": str(digest)}
         )
 
     async def _one_manifest(self, name: str, statement: Any, params: dict[str, str]) -> ManifestRecord | None:
@@ -642,7 +516,7 @@ class SqlMetadataStore(BrowsingQueries, GcQueries, UploadSessions, Locks):
         return _record(row) if row else None
 
     async def resolve_tag(self, repository: str, tag: str) -> ManifestRecord | None:
-        return await self._one_manifest("tag", _TAGGED_MANIFEST, {"repository": repository, "tag": tag})
+        return await self._one_manifest("tag", TAGGED_MANIFEST, {"repository": repository, "tag": tag})
 
     async def tag_updated_at(self, repository: str, tag: str) -> float | None:
         q = select(s.tags.c.updated_at).where(s.tags.c.repository == repository, s.tags.c.name == tag)
