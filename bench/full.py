@@ -4,10 +4,11 @@
     python bench/full.py --distribution /path/to/registry        # ~45 minutes on 2 cores
 
 Runs ``run.py`` (P1-P7 beside nginx), ``tls.py`` (T1-T3 over HTTPS beside nginx and
-Distribution), ``smallwrites.py`` (P8, P9 beside Distribution) and ``scale.py`` (P10-P12), each
-as its own process with its own references and interleaved rounds, then writes one file: every
-row with a verdict first, each bench's whole report after. Exit status 1 when any target fails.
-Without ``--distribution`` the rows compared with Distribution show dockyard's figures alone.
+Distribution), ``smallwrites.py`` (P8, P9 and plain-HTTP P2 beside Distribution) and
+``scale.py`` (P10-P12), each as its own process with its own references and interleaved rounds,
+then writes one file: every row with a verdict first, each bench's whole report after. Exit
+status 1 when any target fails. Without ``--distribution`` the rows compared with Distribution
+show dockyard's figures alone.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 BENCHES = [  # script, title
     ("run.py", "P1-P7: pulls and pushes beside nginx"),
     ("tls.py", "T1-T3: HTTPS beside nginx and Distribution"),
-    ("smallwrites.py", "P8, P9: small writes beside Distribution"),
+    ("smallwrites.py", "P8, P9, P2: small writes and manifest GETs beside Distribution"),
     ("scale.py", "P10-P12: garbage collection, memory, metadata at scale"),
 ]
 
