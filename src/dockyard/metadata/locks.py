@@ -14,7 +14,7 @@ import fcntl
 import hashlib
 import os
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -104,24 +104,22 @@ class Locks:
             for fd in fds:
                 os.close(fd)  # closing the only descriptor of the open file releases its flock
 
-    @asynccontextmanager
-    async def try_lock(self, name: str) -> AsyncIterator[bool]:
+    def try_lock(self, name: str) -> AbstractAsyncContextManager[bool]:
         """A named lock (one GC run at a time, …) if free now."""
-        if self._pg_locks is not None:
-            async with self._pg_locks.hold("named", name, wait=False) as held:
-                yield held
-            return
-        assert self._lock_dir is not None
-        async with _try_flock(self._lock_dir / f"named-{name}") as held:
-            yield held
+        return self._try_hold("named", name, f"named-{name}")
+
+    def lock_upload(self, upload_id: str) -> AbstractAsyncContextManager[bool]:
+        """One writer per session, if free now (its file goes with the session's row)."""
+        return self._try_hold("upload", upload_id, upload_id)
 
     @asynccontextmanager
-    async def lock_upload(self, upload_id: str) -> AsyncIterator[bool]:
-        """One writer per session, if free now."""
+    async def _try_hold(self, kind: str, key: str, file_name: str) -> AsyncIterator[bool]:
+        """The lock ``kind``/``key`` if free now: an advisory lock on PostgreSQL, else an
+        ``flock`` on ``file_name`` in the lock directory."""
         if self._pg_locks is not None:
-            async with self._pg_locks.hold("upload", upload_id, wait=False) as held:
+            async with self._pg_locks.hold(kind, key, wait=False) as held:
                 yield held
             return
         assert self._lock_dir is not None
-        async with _try_flock(self._lock_dir / upload_id) as held:
+        async with _try_flock(self._lock_dir / file_name) as held:
             yield held
