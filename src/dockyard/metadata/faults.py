@@ -74,13 +74,12 @@ def is_database_fault(exc: BaseException) -> bool:
 
 
 def database_fault(exc: Exception) -> Exception:
-    """What to raise for ``exc``: ``DependencyUnavailable`` for a database that cannot serve,
-    ``exc`` itself for anything else (for the hot paths, where a ``with`` block costs too much)."""
+    """What to raise (``from exc``) for ``exc``: ``DependencyUnavailable`` for a database that
+    cannot serve, ``exc`` itself for anything else. ``database_faults`` is this as a ``with``
+    block; the hot paths call it from an ``except`` (a ``with`` per lookup costs too much)."""
     if isinstance(exc, RegistryError) or not is_database_fault(exc):
         return exc
-    unavailable = DependencyUnavailable("database", repr(exc))
-    unavailable.__cause__ = exc
-    return unavailable
+    return DependencyUnavailable("database", repr(exc))
 
 
 @contextmanager
@@ -88,12 +87,11 @@ def database_faults() -> Iterator[None]:
     """Raise a database that cannot serve as ``DependencyUnavailable``; anything else as is."""
     try:
         yield
-    except RegistryError:
-        raise
     except Exception as exc:
-        if is_database_fault(exc):
-            raise DependencyUnavailable("database", repr(exc)) from exc
-        raise
+        fault = database_fault(exc)
+        if fault is exc:
+            raise
+        raise fault from exc
 
 
 class GuardedEngine:
