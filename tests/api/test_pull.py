@@ -9,6 +9,7 @@ from tests.support.api_helpers import (
     API_VERSION,
     assert_error,
     digest_of,
+    open_session,
     push_blob,
     push_image,
 )
@@ -26,6 +27,48 @@ def test_api_version_header_is_on_error_responses_too(client: httpx.Client, repo
     r = client.get(f"/v2/{repo}/manifests/latest")
     assert_error(r, 404, "MANIFEST_UNKNOWN")
     assert r.headers["docker-distribution-api-version"] == API_VERSION
+
+
+def test_api_version_header_is_on_every_kind_of_answer(client: httpx.Client, repo: str) -> None:
+    """Answers built whole, sent with sendfile, ranged, refused by the router, and every step of
+    a push carry it (Docker clients read it to know they speak to a v2 registry)."""
+    image = push_image(client, repo, "v1")
+    blob = image.layers[0]
+    location = open_session(client, repo)
+    answers = [
+        client.get(f"/v2/{repo}/manifests/v1"),
+        client.head(f"/v2/{repo}/manifests/{image.digest}"),
+        client.get(f"/v2/{repo}/blobs/{digest_of(blob)}"),
+        client.head(f"/v2/{repo}/blobs/{digest_of(blob)}"),
+        client.get(f"/v2/{repo}/blobs/{digest_of(blob)}", headers={"Range": "bytes=0-0"}),
+        client.get(f"/v2/{repo}/tags/list"),
+        client.get(f"/v2/{repo}/referrers/{image.digest}"),
+        client.post(f"/v2/{repo}/blobs/uploads/"),
+        client.patch(location, content=b"abc", headers={"Content-Type": "application/octet-stream"}),
+        client.get(location),
+        client.put(location, params={"digest": digest_of(b"abc")}),
+        client.get("/v2/_catalog"),
+        client.get("/no/such/path"),
+        client.request("PROPFIND", "/v2/"),
+    ]
+    for r in answers:
+        assert r.headers.get("docker-distribution-api-version") == API_VERSION, (r.request, r.status_code)
+    assert [r.status_code for r in answers] == [
+        200,
+        200,
+        200,
+        200,
+        206,
+        200,
+        200,
+        202,
+        202,
+        204,
+        201,
+        200,
+        404,
+        405,
+    ]
 
 
 @pytest.mark.parametrize("by", ["tag", "digest"])

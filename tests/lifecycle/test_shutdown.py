@@ -94,6 +94,7 @@ def test_sigterm_lets_the_upload_in_flight_finish_and_exits_0(
         answer = parse_raw_response(_read_all(sock), "PATCH")
     assert answer.status == 202, answer.body
     assert answer.headers["range"] == f"0-{4 * MiB - 1}"
+    assert answer.headers["connection"] == "close"  # a draining node takes no next request
     assert exit_code(node) == 0
     node.start(timeout=120)
     _finish(node, location, data)

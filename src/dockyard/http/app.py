@@ -9,13 +9,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from dockyard.clock import wall_clock
 from dockyard.gc import collect
 from dockyard.http import auth, blobs, browse, direct, discovery, health, manifests, replication_page, uploads
-from dockyard.http.common import BODY_TIMEOUT, EVENT_FIGURES, REGISTRY, continue_middleware, defer_continue
+from dockyard.http.common import (
+    BODY_TIMEOUT,
+    EVENT_FIGURES,
+    REGISTRY,
+    close_if_body_unasked,
+    defer_continue,
+    finish_headers,
+)
 from dockyard.http.drain import DRAIN, Drain
-from dockyard.http.errors import API_VERSION_HEADER, Handler, error_middleware
+from dockyard.http.errors import Handler, answer
 from dockyard.http.metrics import REQUEST_METRICS, RequestMetrics
 from dockyard.metadata.store import SqlMetadataStore
 from dockyard.registry.pullthrough import PullThroughRegistry
@@ -120,14 +128,43 @@ def _event_figures(
     return figures
 
 
+def _front(request_metrics: RequestMetrics) -> Middleware:
+    """The outermost middleware, one for what would be three (each layer of aiohttp's chain costs
+    a coroutine and a partial on every request, a pull's included): errors to responses (pages on
+    the pages' routes, access control's errors included), the connection closed when a body was
+    never asked for, and the request counted with the status the client gets. An exception that
+    escapes (a redirect, a cancelled request) is counted with its status, or as the 500 aiohttp
+    sends."""
+
+    @web.middleware
+    async def front(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = request_metrics.started()
+        status = 500
+        response: web.StreamResponse | None = None
+        try:
+            try:
+                response = await handler(request)
+            except Exception as exc:
+                response = browse.error_as_page(request, exc) or answer(request, exc)
+            close_if_body_unasked(request, response)
+            if not response.prepared:  # (a streamed answer got them when it started)
+                finish_headers(request, response)
+            status = response.status
+            return response
+        except web.HTTPException as exc:  # a redirect, re-raised by answer()
+            status = exc.status
+            raise
+        finally:
+            request_metrics.finished(request, response, status, started)
+
+    return front
+
+
 def create_app(settings: Settings) -> web.Application:
     """A dockyard application for ``settings``; nothing global, so tests can build many."""
     route_names: dict[web.AbstractRoute, str] = {}  # filled below, once every route is added
     request_metrics = RequestMetrics(route_names)
-    # The metrics middleware is outermost: it sees the status the client gets.
-    middlewares = [request_metrics.middleware, continue_middleware, error_middleware]
-    if settings.ui:
-        middlewares.append(browse.html_errors)  # the pages' errors as pages, auth's included
+    middlewares = [_front(request_metrics)]
     if settings.auth.mode != "none":  # (without access control it would only pass requests on)
         middlewares.append(auth.auth_middleware)
     app = web.Application(middlewares=middlewares, client_max_size=settings.manifest_max_bytes)
@@ -175,12 +212,5 @@ def create_app(settings: Settings) -> web.Application:
         await core.blobs.close()
 
     app.cleanup_ctx.append(lifecycle)
-    app.cleanup_ctx.append(request_metrics.publish_in_flight)
 
-    async def add_version_header(request: web.Request, response: web.StreamResponse) -> None:
-        response.headers.update(API_VERSION_HEADER)
-        if app[DRAIN].draining:  # shutting down: no next request on this connection
-            response.force_close()
-
-    app.on_response_prepare.append(add_version_header)
     return app

@@ -13,7 +13,6 @@ from aiohttp import web
 
 from dockyard.http import auth
 from dockyard.http.common import registry, repository
-from dockyard.http.errors import Handler
 from dockyard.http.html import (
     Html,
     annotation_list,
@@ -481,17 +480,14 @@ def error_page(status: int, message: str, headers: dict[str, str] | None = None)
     return page(_TITLES.get(status, f"Error {status}"), el("p", message), status=status, headers=headers)
 
 
-@web.middleware
-async def html_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+def error_as_page(request: web.Request, exc: Exception) -> web.Response | None:
     """On the pages' routes, an error (access control's included) is a page, not the API's JSON;
-    its status and headers (``WWW-Authenticate``, ``Retry-After``) stay what they were."""
+    its status and headers (``WWW-Authenticate``, ``Retry-After``) stay what they were. None:
+    not a page's route, or not an error a page tells (the API's answer applies)."""
     if request.match_info.route not in request.app[auth.BROWSER_ROUTES]:
-        return await handler(request)
-    try:
-        return await handler(request)
-    except errors.RegistryError as exc:
+        return None
+    if isinstance(exc, errors.RegistryError):
         return error_page(exc.status, exc.message or exc.error.message, exc.headers)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
+    if isinstance(exc, web.HTTPException) and exc.status >= 400:
         return error_page(exc.status, "There is no such page." if exc.status == 404 else exc.reason)
+    return None

@@ -10,7 +10,6 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from aiohttp import HttpVersion11, web
-from aiohttp.typedefs import Handler
 
 from dockyard.http.drain import DRAIN
 from dockyard.registry import errors
@@ -30,6 +29,7 @@ HEARTBEAT_SECONDS = 1.0  # while a body stalls, body_stream yields b"" this ofte
 _CONTINUE_PENDING = "dockyard.continue_pending"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _STARTED = "dockyard.response_started"
+API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
 
 
 class ClientDisconnected(ConnectionResetError):
@@ -42,9 +42,18 @@ def response_started(request: web.Request) -> bool:
     return bool(request.get(_STARTED)) or request.writer.output_size > 0
 
 
+def finish_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """What every answer of the API carries, set before it is prepared: the API version (Docker
+    clients look for it); while the node drains, ``Connection: close`` (no next request here)."""
+    response.headers.update(API_VERSION_HEADER)
+    if request.app[DRAIN].draining:
+        response.force_close()
+
+
 async def start_response(request: web.Request, response: web.StreamResponse) -> None:
     """``response.prepare``, remembered: from here on a failure cuts the connection."""
     request[_STARTED] = True
+    finish_headers(request, response)
     await response.prepare(request)
 
 
@@ -107,15 +116,12 @@ async def _send_continue(request: web.Request) -> None:
         request.writer.output_size = 0  # the interim response is not part of the response body
 
 
-@web.middleware
-async def continue_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def close_if_body_unasked(request: web.Request, response: web.StreamResponse) -> None:
     """A response sent before the client was told to continue closes the connection: the
     client may or may not send the body now, and the next request on this connection would
     be read from the middle of it (RFC 9110, 10.1.1)."""
-    response = await handler(request)
     if request.get(_CONTINUE_PENDING) and (request.content_length or request.body_exists):
         response.force_close()
-    return response
 
 
 def registry(request: web.Request) -> Registry:

@@ -15,8 +15,6 @@ log = logging.getLogger("dockyard.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
-
 
 def error_response(exc: errors.RegistryError, method: str = "GET") -> web.Response:
     headers = dict(exc.headers)
@@ -38,42 +36,30 @@ def _http_error(exc: web.HTTPException) -> web.Response:
     return error_response(errors.RegistryError(code, message=exc.reason if status != 404 else None))
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        response = await handler(request)
-    except errors.RegistryError as exc:
+def answer(request: web.Request, exc: Exception) -> web.Response:
+    """The response for an exception a handler raised: the spec's JSON body for a registry
+    error, a dependency's failure as 503, anything unforeseen as 500 (logged). A redirect or
+    other ``HTTPException`` below 400 is re-raised: aiohttp sends it as it is."""
+    if isinstance(exc, errors.RegistryError):
         if isinstance(exc, errors.DependencyUnavailable):
             log.warning("%s %s: 503, %s", request.method, request.path, exc)
-        response = _answer(request, error_response(exc, request.method))
-    except web.HTTPException as exc:
+        return _answer(request, error_response(exc, request.method))
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
-        response = _answer(request, _http_error(exc))
-    except ConnectionError as exc:
+            raise exc
+        return _answer(request, _http_error(exc))
+    if isinstance(exc, ConnectionError):
         if isinstance(exc, ClientDisconnected) or _client_gone(request):
             # The client went away (mid-body, usually): its doing, not ours. Nobody reads this.
             log.info("%s %s: connection lost (%s)", request.method, request.path, exc)
-            response = error_response(
-                errors.RegistryError(
-                    errors.BLOB_UPLOAD_INVALID, message="connection lost before the body ended"
-                )
-            )
-        else:
-            # A connection of ours (database, object store) that no adapter translated: still a
-            # part underneath failing, never the client's 400.
-            log.warning(
-                "%s %s: 503, connection to a dependency failed (%r)", request.method, request.path, exc
-            )
-            response = _answer(
-                request, error_response(errors.DependencyUnavailable("registry's backend", repr(exc)))
-            )
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        response = _answer(request, error_response(errors.RegistryError(errors.INTERNAL)))
-    if not response.prepared:
-        response.headers.update(API_VERSION_HEADER)
-    return response
+            lost = "connection lost before the body ended"
+            return error_response(errors.RegistryError(errors.BLOB_UPLOAD_INVALID, message=lost))
+        # A connection of ours (database, object store) that no adapter translated: still a
+        # part underneath failing, never the client's 400.
+        log.warning("%s %s: 503, connection to a dependency failed (%r)", request.method, request.path, exc)
+        return _answer(request, error_response(errors.DependencyUnavailable("registry's backend", repr(exc))))
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return _answer(request, error_response(errors.RegistryError(errors.INTERNAL)))
 
 
 def _client_gone(request: web.Request) -> bool:

@@ -24,10 +24,11 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+from dockyard.http import metricfiles
+
 log = logging.getLogger("dockyard")
 
 PLAN = "DOCKYARD_SUPERVISOR"  # the environment variable the plan travels in
-MULTIPROCESS_ENV = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")  # as http/metrics.py
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # as cli.py
 
 
@@ -56,10 +57,9 @@ def main() -> None:
     # Workers record request metrics into files here, so that any one of them can answer a
     # scrape with the sum over all. This process owns the directory; a new server starts empty.
     metrics_dir = Path(tempfile.mkdtemp(prefix="dockyard-metrics-"))
-    os.environ[MULTIPROCESS_ENV[0]] = str(metrics_dir)
-    os.environ.pop(MULTIPROCESS_ENV[1], None)
+    os.environ[metricfiles.DIRECTORY_ENV] = str(metrics_dir)
     try:
-        supervise(plan, sockets[0], sockets[1] if len(sockets) > 1 else None)
+        supervise(plan, sockets[0], sockets[1] if len(sockets) > 1 else None, metrics_dir)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
@@ -76,7 +76,9 @@ def _worker(plan: dict[str, Any], sock: socket.socket, health_sock: socket.socke
     run_worker(settings, sock, health_sock)
 
 
-def supervise(plan: dict[str, Any], sock: socket.socket, health_sock: socket.socket | None) -> None:
+def supervise(
+    plan: dict[str, Any], sock: socket.socket, health_sock: socket.socket | None, metrics_dir: Path
+) -> None:
     """Fork the workers, replace those that die, stop them all on SIGTERM/SIGINT."""
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
@@ -126,7 +128,7 @@ def supervise(plan: dict[str, Any], sock: socket.socket, health_sock: socket.soc
             continue
         index = children.pop(pid, None)
         if index is not None:
-            _process_exited(pid)
+            metricfiles.forget_in_flight(metrics_dir, pid)
         if index is not None and not stopping:
             log.warning("worker %d (pid %d) exited with status %d; restarting it", index, pid, status)
             time.sleep(0.2)
@@ -136,13 +138,6 @@ def supervise(plan: dict[str, Any], sock: socket.socket, health_sock: socket.soc
     if health_sock is not None:
         health_sock.close()
     sys.stdout.flush()
-
-
-def _process_exited(pid: int) -> None:
-    """Forget a dead worker's in-flight gauge; its counters and histograms stay counted."""
-    from prometheus_client import multiprocess
-
-    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def _kill_stragglers(children: dict[int, int]) -> None:
