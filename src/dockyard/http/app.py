@@ -129,8 +129,8 @@ def _event_figures(
 
 
 def _front(request_metrics: RequestMetrics) -> Middleware:
-    """The outermost middleware, one for what would be three (each layer of aiohttp's chain costs
-    a coroutine and a partial on every request, a pull's included): errors to responses (pages on
+    """The outermost middleware, one where there were four (each layer of aiohttp's chain costs a
+    coroutine and a partial on every request, a pull's included): errors to responses (pages on
     the pages' routes, access control's errors included), the connection closed when a body was
     never asked for, and the request counted with the status the client gets. An exception that
     escapes (a redirect, a cancelled request) is counted with its status, or as the 500 aiohttp

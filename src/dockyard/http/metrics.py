@@ -5,6 +5,7 @@ writes the Prometheus text format of their sum."""
 from __future__ import annotations
 
 import bisect
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -60,8 +61,6 @@ _HELP = {name: (kind, text) for name, kind, _, text in FAMILIES}
 
 def use_this_process_only() -> None:
     """One process serves: values live in its memory (an inherited directory setting is dropped)."""
-    import os
-
     os.environ.pop(metricfiles.DIRECTORY_ENV, None)
 
 
