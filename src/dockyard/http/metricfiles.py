@@ -43,6 +43,7 @@ USED = 2  # index of the records-in-use double
 OVERFLOW = "other\tother\tother"  # where a key goes that does not fit (never seen in practice)
 _VALUES = struct.Struct(f"{SLOTS}d")
 _HEADER = struct.Struct("8s2d")
+Table = tuple[float, list[tuple[str, tuple[float, ...]]]]  # in flight, (key, values) per record
 
 
 def shared_directory() -> Path | None:
@@ -95,8 +96,8 @@ class ValueTable:
         found = self._slots[key] = _first_value(used)
         return found
 
-    def snapshot(self) -> tuple[float, list[tuple[str, tuple[float, ...]]]]:
-        return self.values[IN_FLIGHT], [(key, values) for _, key, values in _records(self._map)]
+    def snapshot(self) -> Table:
+        return _table(self._map)
 
 
 def _create(path: Path) -> None:
@@ -112,6 +113,11 @@ def _create(path: Path) -> None:
         raise
     finally:
         os.close(fd)
+
+
+def _table(data: bytes | mmap.mmap) -> Table:
+    """The in-flight count and the records of a table's bytes."""
+    return _HEADER.unpack_from(data, 0)[1], [(key, values) for _, key, values in _records(data)]
 
 
 def _records(data: bytes | mmap.mmap) -> Iterator[tuple[int, str, tuple[float, ...]]]:
@@ -130,7 +136,7 @@ def _records(data: bytes | mmap.mmap) -> Iterator[tuple[int, str, tuple[float, .
         yield i, key, _VALUES.unpack_from(data, start + KEY_BYTES)
 
 
-def read_all(directory: Path) -> Iterator[tuple[float, list[tuple[str, tuple[float, ...]]]]]:
+def read_all(directory: Path) -> Iterator[Table]:
     """Every worker's in-flight count and records, the dead workers' included (their in-flight
     count is zeroed when they exit). Files that are not ours, or gone meanwhile, are skipped."""
     for path in sorted(directory.glob(f"{PREFIX}*{SUFFIX}")):
@@ -143,8 +149,7 @@ def read_all(directory: Path) -> Iterator[tuple[float, list[tuple[str, tuple[flo
                 data = header + f.read(min(max(used, 0), CAPACITY) * RECORD)
         except OSError:
             continue
-        in_flight = _HEADER.unpack_from(data, 0)[1]
-        yield in_flight, [(key, values) for _, key, values in _records(data)]
+        yield _table(data)
 
 
 def forget_in_flight(directory: Path, pid: int) -> None:

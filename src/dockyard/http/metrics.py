@@ -121,7 +121,7 @@ class RequestMetrics:
         return _text(tables)
 
 
-def _text(tables: list[tuple[float, list[tuple[str, tuple[float, ...]]]]]) -> bytes:
+def _text(tables: list[metricfiles.Table]) -> bytes:
     requests: dict[tuple[str, str, str], float] = defaultdict(float)
     durations: dict[tuple[str, str], list[float]] = {}
     request_bytes: dict[str, float] = defaultdict(float)
